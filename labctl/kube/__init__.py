@@ -1,0 +1,1 @@
+"""Kubernetes bootstrap: kubeadm, RKE2, RKE, and Rancher."""

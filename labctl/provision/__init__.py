@@ -1,0 +1,1 @@
+"""Provisioning: playbooks run over SSH on the lab's nodes."""
