@@ -1,0 +1,5 @@
+"""labctl image list|pull|import|build."""
+
+import click
+
+COMMANDS: list[click.Command] = []

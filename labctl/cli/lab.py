@@ -1,0 +1,5 @@
+"""labctl up|down|status|ssh|render."""
+
+import click
+
+COMMANDS: list[click.Command] = []
