@@ -74,6 +74,9 @@ class NodeDefaults(_Strict):
     memory: Size = Field(parse_size("4GiB"), description="RAM such as '4GiB' (at least 512MiB)")
     disk: Size = Field(parse_size("12GiB"), description="root disk such as '12GiB' (at least 2GiB)")
     image: str = Field("debian-12", description="an image name from `labctl image list`")
+    packages: tuple[str, ...] = Field(
+        (), description="extra packages cloud-init installs at first boot (needs a package source)"
+    )
 
 
 class Node(NodeDefaults):

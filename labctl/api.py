@@ -1,0 +1,259 @@
+"""One function per verb. The CLI only parses arguments, calls these, and prints what they return."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from labctl import accel, images, names, paths, render
+from labctl.errors import InvalidInput, LabctlError, NotOwned
+from labctl.hypervisor import Hypervisor
+from labctl.keys import LabKeys, ensure_keys
+from labctl.lab import Accel, Lab, Node
+from labctl.progress import Reporter
+from labctl.ready import NodeWait, probe_quick
+from labctl.transport import Result, SSHExecutor
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    roles: list[str]
+    state: str
+    ip: str
+    vcpus: int
+    memory_mib: int
+
+
+def lab_keys(lab: Lab) -> LabKeys:
+    return ensure_keys(lab, paths.lab_dir(lab.name) / "ssh")
+
+
+def executor(lab: Lab, node: Node, keys: LabKeys | None = None) -> SSHExecutor:
+    keys = keys or lab_keys(lab)
+    return SSHExecutor(node.name, str(node.ip), user=lab.ssh_user,
+                       key_path=keys.private_key_path, known_hosts=keys.known_hosts_path)
+
+
+def executors(lab: Lab, keys: LabKeys | None = None) -> dict[str, SSHExecutor]:
+    keys = keys or lab_keys(lab)
+    return {node.name: executor(lab, node, keys) for node in lab.nodes}
+
+
+def console_log(lab: Lab, node: Node) -> Path:
+    return paths.lab_dir(lab.name) / "console" / f"{node.name}.log"
+
+
+def _state_file(lab: Lab) -> Path:
+    return paths.lab_dir(lab.name) / "state.json"
+
+
+def _load_state(lab: Lab) -> dict:
+    try:
+        return json.loads(_state_file(lab).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(lab: Lab, state: dict) -> None:
+    path = _state_file(lab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+# ---- up ---------------------------------------------------------------------------------------
+
+
+def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None) -> list[NodeStatus]:
+    """Create whatever of the lab is missing, start it, and wait until every node is ready."""
+    image_records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
+    keys = lab_keys(lab)
+    state = _load_state(lab)
+    with Hypervisor(uri) as hv:
+        choice = accel.choose(accel_override or lab.accel, local=hv.is_local)
+        if choice.warning:
+            reporter.warn(choice.warning)
+        bases = _ensure_base_volumes(hv, image_records, reporter)
+        pool = hv.ensure_pool(names.pool_name(lab), render.pool_xml(names.pool_name(lab), _pool_path(lab)),
+                              _pool_path(lab))
+        network = hv.ensure_network(names.network_name(lab), render.network_xml(lab), lab.network.subnet)
+        waits = []
+        for node in lab.nodes:
+            dom, fresh = _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
+            ssh = executor(lab, node, keys)
+            if not fresh and state.get("ready", {}).get(node.name) and dom.isActive() and probe_quick(ssh):
+                reporter.phase(node.name, "ready", "already up")
+                continue
+            hv.start_domain(dom)
+            reporter.phase(node.name, "boot", choice.domain_type)
+            waits.append(NodeWait(hv, network, dom, node.name, node.mac, ssh, console_log(lab, node),
+                                  reporter, lab.timeouts.ready))
+        _run_all([w.run for w in waits], "start")
+        state.setdefault("ready", {}).update({node.name: True for node in lab.nodes})
+        _save_state(lab, state)
+        return _statuses(hv, lab)
+
+
+def _pool_path(lab: Lab) -> Path:
+    return paths.storage_dir() / lab.name
+
+
+def _ensure_base_volumes(hv: Hypervisor, records: dict, reporter: Reporter) -> dict[str, str]:
+    pool_path = paths.storage_dir() / "images"
+    pool = hv.ensure_pool(names.IMAGES_POOL, render.pool_xml(names.IMAGES_POOL, pool_path), pool_path)
+    bases = {}
+    for name, record in records.items():
+        vol_name = f"{name}-{record.sha256[:12]}.qcow2"
+        vol = hv.volume(pool, vol_name)
+        if vol is None:
+            reporter.info(f"copying image {name} into the libvirt pool {names.IMAGES_POOL}")
+            with open(record.path, "rb") as source:
+                bases[name] = hv.upload_volume(pool, vol_name, source, record.path.stat().st_size, "qcow2")
+        else:
+            bases[name] = vol.path()
+    return bases
+
+
+def _ensure_domain(hv: Hypervisor, pool, lab: Lab, node: Node, keys: LabKeys, base: str, domain_type: str):
+    """The node's domain, defined with its overlay and seed if missing. Returns (domain, fresh)."""
+    name = names.domain_name(lab, node)
+    dom = hv.domain(name)
+    if dom is not None:
+        if hv.domain_spec(dom) != render.node_spec_hash(lab, node):
+            raise InvalidInput(
+                f"node {node.name} exists with another size, image or address than the lab file gives",
+                resolution=f"`labctl down {lab.name}` and `up` again to rebuild the lab from the file",
+            )
+        return dom, False
+    for vol_name in (names.disk_volume(node), names.seed_volume(node)):
+        stale = hv.volume(pool, vol_name)
+        if stale is not None:  # left by an interrupted `up`; the domain never used it
+            stale.delete(0)
+    disk = hv.create_overlay(pool, names.disk_volume(node), base, node.disk)
+    iso = render.seed_iso(render.cloud_init(lab, node, keys))
+    seed = hv.upload_volume(pool, names.seed_volume(node), _BytesSource(iso), len(iso), "raw")
+    log = console_log(lab, node)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    xml = render.domain_xml(lab, node, domain_type=domain_type, disk_path=disk, seed_path=seed,
+                            console_log=str(log))
+    return hv.define_domain(xml), True
+
+
+class _BytesSource:
+    def __init__(self, data: bytes):
+        self._data = memoryview(data)
+        self._offset = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self._data[self._offset:self._offset + size]
+        self._offset += len(chunk)
+        return bytes(chunk)
+
+
+def _run_all(tasks, what: str) -> None:
+    """Run tasks in parallel; raise the first failure after all have ended, naming every one."""
+    if not tasks:
+        return
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise LabctlError(
+            f"{len(errors)} nodes failed to {what}",
+            details="\n\n".join(str(e) for e in errors),
+        )
+
+
+# ---- status, down, render, ssh ------------------------------------------------------------------
+
+
+def status(lab: Lab, uri: str) -> list[NodeStatus]:
+    with Hypervisor(uri) as hv:
+        return _statuses(hv, lab)
+
+
+def _statuses(hv: Hypervisor, lab: Lab) -> list[NodeStatus]:
+    result = []
+    for node in lab.nodes:
+        dom = hv.domain(names.domain_name(lab, node))
+        info = hv.domain_info(dom) if dom is not None else None
+        result.append(NodeStatus(
+            name=node.name, roles=[r.value for r in node.roles],
+            state=info.state if info else "absent", ip=str(node.ip),
+            vcpus=info.vcpus if info else node.vcpus,
+            memory_mib=info.memory_mib if info else node.memory_mib,
+        ))
+    return result
+
+
+def down(lab: Lab, uri: str, *, reporter: Reporter) -> None:
+    """Remove every domain, volume, pool and network labctl made for the lab, and its state."""
+    refused: list[str] = []
+    with Hypervisor(uri) as hv:
+        for dom in hv.lab_domains(lab.name):
+            reporter.phase(dom.name(), "removing")
+            hv.delete_domain(dom.name())
+        for what, delete in (("pool", hv.delete_pool), ("network", hv.delete_network)):
+            try:
+                delete(f"labctl-{lab.name}")
+            except NotOwned as exc:
+                refused.append(str(exc))
+    shutil.rmtree(paths.lab_dir(lab.name), ignore_errors=True)
+    if refused:
+        raise NotOwned("some objects with the lab's names were left alone", details="\n".join(refused))
+
+
+def render_lab(lab: Lab, out: Path, *, accel_override: Accel | None = None) -> list[Path]:
+    """Write what `up` would hand to cloud-init and libvirt, touching no hypervisor."""
+    keys = lab_keys(lab)
+    choice = accel.choose(accel_override or lab.accel)
+    written = []
+
+    def write(path: Path, data: str | bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        written.append(path)
+
+    write(out / "network.xml", render.network_xml(lab))
+    for node in lab.nodes:
+        files = render.cloud_init(lab, node, keys)
+        for name, text in files.items():
+            write(out / node.name / name, text)
+        write(out / node.name / "seed.iso", render.seed_iso(files))
+        write(out / node.name / "domain.xml", render.domain_xml(
+            lab, node, domain_type=choice.domain_type,
+            disk_path=str(_pool_path(lab) / names.disk_volume(node)),
+            seed_path=str(_pool_path(lab) / names.seed_volume(node)),
+            console_log=str(console_log(lab, node)),
+        ))
+    return written
+
+
+def run_on(lab: Lab, node_name: str, command: str) -> Result:
+    """Run a command on a node and return its output and exit status, whatever the status."""
+    ssh = executor(lab, lab.node(node_name))
+    try:
+        return ssh.run(command, check=False)
+    finally:
+        ssh.close()
+
+
+def ssh_argv(lab: Lab, node_name: str) -> list[str]:
+    """The OpenSSH command line for an interactive shell with the lab's key and host keys."""
+    node = lab.node(node_name)
+    keys = lab_keys(lab)
+    return [
+        "ssh", "-i", str(keys.private_key_path), "-o", f"UserKnownHostsFile={keys.known_hosts_path}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{lab.ssh_user}@{node.ip}",
+    ]
+
+
+def status_json(statuses: list[NodeStatus]) -> str:
+    return json.dumps([asdict(s) for s in statuses], indent=2)

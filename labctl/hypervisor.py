@@ -1,0 +1,255 @@
+"""The libvirt wrapper: every hypervisor side effect labctl has goes through this class.
+
+Objects are found by name and acted on only when their UUID is the one labctl derives for that
+name (see labctl.names): a same-named object made by someone else is refused, never changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+import libvirt
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from labctl import names
+from labctl.errors import HypervisorError, NotOwned
+
+log = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr unless a handler is registered; errors surface as exceptions.
+libvirt.registerErrorHandler(lambda _ctx, err: log.debug("libvirt: %s", err[2] if len(err) > 2 else err), None)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut-off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    spec: str | None
+
+
+def _not_found(exc: libvirt.libvirtError) -> bool:
+    return exc.get_error_code() in (
+        libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK,
+        libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
+    )
+
+
+class Hypervisor:
+    def __init__(self, uri: str):
+        self.uri = uri
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(
+                f"cannot connect to libvirt at {uri}",
+                details=str(exc),
+                resolution="start libvirtd (and virtlogd), or choose another URI with --connect / LIBVIRT_DEFAULT_URI",
+            ) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def is_local(self) -> bool:
+        parsed = urlparse(self.uri)
+        return "+" not in parsed.scheme and not parsed.hostname
+
+    # ---- lookups with ownership -------------------------------------------------------------
+
+    def _lookup(self, kind: str, name: str, lookup: Callable[[str], object]):
+        try:
+            obj = lookup(name)
+        except libvirt.libvirtError as exc:
+            if _not_found(exc):
+                return None
+            raise HypervisorError(f"libvirt failed to look up {kind} {name}", details=str(exc)) from exc
+        if obj.UUIDString() != names.owned_uuid(kind, name):
+            raise NotOwned(
+                f"a libvirt {kind} named {name} exists but was not created by labctl",
+                resolution=f"rename or remove that {kind} yourself, or give the lab another name",
+            )
+        return obj
+
+    def domain(self, name: str) -> libvirt.virDomain | None:
+        return self._lookup("domain", name, self.conn.lookupByName)
+
+    def network(self, name: str) -> libvirt.virNetwork | None:
+        return self._lookup("network", name, self.conn.networkLookupByName)
+
+    def pool(self, name: str) -> libvirt.virStoragePool | None:
+        return self._lookup("pool", name, self.conn.storagePoolLookupByName)
+
+    # ---- storage ----------------------------------------------------------------------------
+
+    def ensure_pool(self, name: str, xml: str, path: Path) -> libvirt.virStoragePool:
+        pool = self.pool(name)
+        if pool is None:
+            path.mkdir(parents=True, exist_ok=True)
+            pool = self._call(f"define storage pool {name}", self.conn.storagePoolDefineXML, xml, 0)
+        if not pool.isActive():
+            self._call(f"start storage pool {name}", pool.create, 0)
+        return pool
+
+    def volume(self, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _not_found(exc):
+                return None
+            raise HypervisorError(f"libvirt failed to look up volume {name}", details=str(exc)) from exc
+
+    def upload_volume(
+        self, pool: libvirt.virStoragePool, name: str, source: IO[bytes], size: int, fmt: str
+    ) -> str:
+        """Create a volume and fill it from source; a failed upload leaves no volume behind."""
+        vol_xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+                   f"<target><format type='{fmt}'/></target></volume>")
+        vol = self._call(f"create volume {name}", pool.createXML, vol_xml, 0)
+        try:
+            stream = self.conn.newStream(0)
+            vol.upload(stream, 0, size, 0)
+            stream.sendAll(lambda _stream, nbytes, handle: handle.read(nbytes), source)
+            stream.finish()
+        except BaseException:
+            vol.delete(0)
+            raise
+        return vol.path()
+
+    def create_overlay(self, pool: libvirt.virStoragePool, name: str, backing: str, capacity: int) -> str:
+        vol_xml = (
+            f"<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>"
+            f"<target><format type='qcow2'/></target>"
+            f"<backingStore><path>{backing}</path><format type='qcow2'/></backingStore></volume>"
+        )
+        return self._call(f"create overlay {name}", pool.createXML, vol_xml, 0).path()
+
+    def delete_pool(self, name: str) -> None:
+        pool = self.pool(name)
+        if pool is None:
+            return
+        if not pool.isActive():
+            self._call(f"start storage pool {name}", pool.create, 0)
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            self._call(f"delete volume {vol.name()}", vol.delete, 0)
+        self._call(f"stop storage pool {name}", pool.destroy)
+        self._call(f"remove directory of pool {name}", pool.delete, 0)
+        self._call(f"undefine storage pool {name}", pool.undefine)
+
+    # ---- network ----------------------------------------------------------------------------
+
+    def ensure_network(self, name: str, xml: str, subnet: ipaddress.IPv4Network) -> libvirt.virNetwork:
+        net = self.network(name)
+        if net is None:
+            self._refuse_subnet_clash(name, subnet)
+            net = self._call(f"define network {name}", self.conn.networkDefineXML, xml)
+        if not net.isActive():
+            self._start_network(net)
+        return net
+
+    @retry(retry=retry_if_exception_type(HypervisorError), stop=stop_after_attempt(3), wait=wait_fixed(1),
+           reraise=True)
+    def _start_network(self, net: libvirt.virNetwork) -> None:
+        # Right after libvirtd starts, the first start of a network can fail once.
+        self._call(f"start network {net.name()}", net.create)
+
+    def _refuse_subnet_clash(self, name: str, subnet: ipaddress.IPv4Network) -> None:
+        for other in self.conn.listAllNetworks(0):
+            for ip in ET.fromstring(other.XMLDesc(0)).iter("ip"):
+                address, netmask = ip.get("address"), ip.get("netmask") or ip.get("prefix")
+                if not address or ip.get("family") == "ipv6":
+                    continue
+                theirs = ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
+                if theirs.overlaps(subnet):
+                    raise HypervisorError(
+                        f"network {name} would use {subnet}, which overlaps {theirs} of libvirt network {other.name()}",
+                        resolution="set network.subnet in the lab file to an unused range",
+                    )
+
+    def dhcp_ip(self, net: libvirt.virNetwork, mac: str) -> str | None:
+        try:
+            leases = net.DHCPLeases(mac, 0)
+        except libvirt.libvirtError:
+            return None
+        return leases[-1]["ipaddr"] if leases else None
+
+    def delete_network(self, name: str) -> None:
+        net = self.network(name)
+        if net is None:
+            return
+        if net.isActive():
+            self._call(f"stop network {name}", net.destroy)
+        self._call(f"undefine network {name}", net.undefine)
+
+    # ---- domains ----------------------------------------------------------------------------
+
+    def define_domain(self, xml: str) -> libvirt.virDomain:
+        return self._call("define domain", self.conn.defineXML, xml)
+
+    def start_domain(self, dom: libvirt.virDomain) -> None:
+        if not dom.isActive():
+            self._call(f"start domain {dom.name()}", dom.create)
+
+    def domain_info(self, dom: libvirt.virDomain) -> DomainInfo:
+        state, _reason = dom.state()
+        _, max_mem, _, vcpus, _ = dom.info()
+        return DomainInfo(dom.name(), _STATES.get(state, "unknown"), vcpus, max_mem // 1024, self.domain_spec(dom))
+
+    def lab_domains(self, lab_name: str) -> list[libvirt.virDomain]:
+        """Every domain labctl made for this lab, including nodes since removed from the lab file."""
+        return [
+            dom for dom in self.conn.listAllDomains(0)
+            if dom.UUIDString() == names.owned_uuid("domain", dom.name())
+            and self._owner(dom).get("lab") == lab_name
+        ]
+
+    def domain_spec(self, dom: libvirt.virDomain) -> str | None:
+        return self._owner(dom).get("spec")
+
+    def _owner(self, dom: libvirt.virDomain) -> dict[str, str]:
+        try:
+            meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, names.XMLNS, 0)
+        except libvirt.libvirtError:
+            return {}
+        return dict(ET.fromstring(meta).attrib)
+
+    def delete_domain(self, name: str) -> None:
+        dom = self.domain(name)
+        if dom is None:
+            return
+        if dom.isActive():
+            self._call(f"stop domain {name}", dom.destroy)
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        self._call(f"undefine domain {name}", dom.undefineFlags, flags)
+
+    def _call(self, what: str, func: Callable, *args):
+        try:
+            return func(*args)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"libvirt failed to {what}", details=str(exc)) from exc
