@@ -245,8 +245,7 @@ class Hypervisor:
             return
         if dom.isActive():
             self._call(f"stop domain {name}", dom.destroy)
-        flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        self._call(f"undefine domain {name}", dom.undefineFlags, flags)
+        self._call(f"undefine domain {name}", dom.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
 
     def _call(self, what: str, func: Callable, *args):
         try:
