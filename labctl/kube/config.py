@@ -92,23 +92,23 @@ class RancherConfig(_Strict):
         support = compat.rancher_support(self.version)
         if support is None:
             known = ", ".join(f"{compat.show(r.minor)}.x" for r in compat.RANCHER)
-            raise ValueError(f"rancher.version {self.version}: labctl knows Rancher {known}; pick one of those")
+            raise ValueError(f"kubernetes.rancher.version {self.version}: labctl knows Rancher {known}; pick one of those")
         if not _VERSION_PATTERNS["rke2"][0].match(self.cluster_version):
-            raise ValueError(f"rancher.cluster_version {self.cluster_version!r} is not an RKE2 release such as v1.34.6+rke2r3")
+            raise ValueError(f"kubernetes.rancher.cluster_version {self.cluster_version!r} is not an RKE2 release such as v1.34.6+rke2r3")
         if self.mode == "helm":
             local = compat.minor_of(self.cluster_version)
             if not _in_range(local, support.kubernetes):
                 raise ValueError(
-                    f"rancher.cluster_version {self.cluster_version}: Rancher {self.version} runs on Kubernetes "
+                    f"kubernetes.rancher.cluster_version {self.cluster_version}: Rancher {self.version} runs on Kubernetes "
                     f"{_range(support.kubernetes)} ({support.source}); pick an RKE2 release in that range"
                 )
             manager = compat.cert_manager_support(self.cert_manager_version)
             if manager is None:
                 known = ", ".join(f"v{compat.show(r.minor)}.x" for r in compat.CERT_MANAGER)
-                raise ValueError(f"rancher.cert_manager_version {self.cert_manager_version}: labctl knows cert-manager {known}")
+                raise ValueError(f"kubernetes.rancher.cert_manager_version {self.cert_manager_version}: labctl knows cert-manager {known}")
             if not _in_range(local, manager.kubernetes):
                 raise ValueError(
-                    f"rancher.cert_manager_version {self.cert_manager_version} supports Kubernetes "
+                    f"kubernetes.rancher.cert_manager_version {self.cert_manager_version} supports Kubernetes "
                     f"{_range(manager.kubernetes)}, but rancher.cluster_version is {self.cluster_version}; "
                     "pick a cert-manager release that covers it (https://cert-manager.io/docs/releases/)"
                 )
