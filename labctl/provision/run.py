@@ -1,0 +1,107 @@
+"""Provision a lab: render the playbooks per node, serve packages if asked, run what is not done."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl.errors import InvalidInput, LabctlError
+from labctl.keys import LabKeys, ensure_keys
+from labctl.lab import Lab
+from labctl.progress import Reporter
+from labctl.provision import packages, ports
+from labctl.provision.playbook import PLAYBOOKS_DIR, RenderedStep, load_playbook, render_steps
+from labctl.provision.runner import NodeRun, StepOutcome, probe, run_nodes
+from labctl.transport import Executor
+
+
+@dataclass(frozen=True)
+class ProvisionSummary:
+    outcomes: list[StepOutcome]
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+def run_playbooks(
+    lab: Lab,
+    executors: Mapping[str, Executor],
+    *,
+    reporter: Reporter,
+    state_dir: Path,
+    only_step: str | None = None,
+    force: bool = False,
+    keys: LabKeys | None = None,
+    playbook_dir: Path = PLAYBOOKS_DIR,
+    retry_wait: Callable[[int], float] | None = None,
+) -> ProvisionSummary:
+    """Bring every node to the state the playbooks describe; skip steps a node has already done.
+
+    Raises LabctlError naming node, step, exit status and the output's last lines when a step fails.
+    """
+    if not lab.provisioning.enabled:
+        reporter.info("provisioning is off for this lab (provisioning.enabled: false)")
+        return ProvisionSummary([])
+    ports.check_node_ports(lab)
+    packages.check_source(lab)
+    missing = [n.name for n in lab.nodes if n.name not in executors]
+    if missing:
+        raise LabctlError(f"no connection to node {', '.join(missing)} was given to the provisioner")
+    keys = keys or ensure_keys(lab, state_dir / "ssh")
+    playbook = load_playbook(playbook_dir)
+    if only_step is not None and only_step not in playbook.step_names():
+        raise InvalidInput(f"no playbook step {only_step!r}",
+                           resolution=f"use one of: {', '.join(playbook.step_names())}")
+    plans: dict[str, list[RenderedStep]] = {}
+    for node in lab.nodes:
+        steps = render_steps(playbook, lab, node, keys)
+        plans[node.name] = [s for s in steps if only_step in (None, s.name)]
+    plans = {name: steps for name, steps in plans.items() if steps}
+
+    facts = _parallel({name: (lambda ex=executors[name]: probe(ex, wait=retry_wait)) for name in plans})
+    runs = {
+        name: NodeRun(executors[name], steps, facts[name].markers, reporter=reporter, log_dir=state_dir / "logs",
+                      force=force, attempts=lab.provisioning.retries,
+                      default_timeout=lab.provisioning.step_timeout, wait=retry_wait)
+        for name, steps in plans.items()
+    }
+    pending = {name: run.pending() for name, run in runs.items()}
+    with _package_source(lab, plans, pending, facts, reporter):
+        outcomes = run_nodes(runs)
+    return ProvisionSummary(outcomes)
+
+
+@contextlib.contextmanager
+def _package_source(lab, plans, pending, facts, reporter: Reporter) -> Iterator[None]:
+    """Serve the local repository while steps that install packages run; otherwise nothing."""
+    if lab.packages.source != "local" or not any(s.packages for steps in pending.values() for s in steps):
+        yield
+        return
+    releases = {(facts[name].codename, facts[name].arch) for name in plans}
+    if len(releases) != 1:
+        raise InvalidInput(
+            "packages.source local serves one guest release, but the nodes run "
+            + ", ".join(f"{c}/{a}" for c, a in sorted(releases)),
+            resolution="give every node the same image, or use packages.source mirror or distro",
+        )
+    (codename, arch), = releases
+    # Every step's packages, not only the pending ones, so the repository does not change with
+    # which steps happen to be left.
+    wanted = sorted({p for steps in plans.values() for s in steps for p in s.packages})
+    with packages.local_repository(lab, wanted, suite=codename, arch=arch, reporter=reporter):
+        yield
+
+
+def _parallel(tasks: Mapping[str, Callable]) -> dict:
+    if not tasks:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = {name: pool.submit(task) for name, task in tasks.items()}
+    errors = [f"{name}: {f.exception()}" for name, f in futures.items() if f.exception() is not None]
+    if errors:
+        raise LabctlError("could not reach every node to read its provisioning state", details="\n".join(errors),
+                          resolution="check that the lab is up: `labctl status LAB`")
+    return {name: f.result() for name, f in futures.items()}
