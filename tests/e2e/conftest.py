@@ -1,0 +1,91 @@
+"""Fixtures for end-to-end tests: real guests under a libvirtd that lives in a network namespace.
+
+Every test under tests/e2e is marked `e2e`. They run by default and fail (never skip) when the
+host lacks root, QEMU or libvirt. LABCTL_E2E=0 deselects them on purpose, e.g. on a laptop.
+
+Environment:
+  LABCTL_E2E=0          deselect the e2e tests
+  LABCTL_E2E_CACHE      persistent cache for images and package repositories shared by runs
+                        (default /var/cache/labctl-e2e)
+  LABCTL_E2E_KEEP=1     keep the run's work directory (guest console logs, libvirt logs)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import HarnessError, LabNamespace
+
+E2E_DIR = Path(__file__).parent
+DEFAULT_CACHE = Path("/var/cache/labctl-e2e")
+_deselected_key = pytest.StashKey[int]()
+
+
+def e2e_deselected() -> bool:
+    return os.environ.get("LABCTL_E2E") == "0"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    e2e_items = [item for item in items if E2E_DIR in item.path.parents]
+    for item in e2e_items:
+        item.add_marker(pytest.mark.e2e)
+    if e2e_deselected() and e2e_items:
+        config.hook.pytest_deselected(items=e2e_items)
+        items[:] = [item for item in items if item not in e2e_items]
+        config.stash[_deselected_key] = len(e2e_items)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if count := config.stash.get(_deselected_key, 0):
+        terminalreporter.write_sep(
+            "=", f"{count} e2e tests deselected by LABCTL_E2E=0 (unset it to boot real guests)", yellow=True
+        )
+
+
+@pytest.fixture(scope="session")
+def netns():
+    """The LabNamespace all e2e tests of the session share."""
+    try:
+        namespace = LabNamespace(keep_workdir=os.environ.get("LABCTL_E2E_KEEP") == "1").__enter__()
+    except HarnessError as exc:
+        pytest.fail(f"{exc}\n(set LABCTL_E2E=0 to deselect the e2e tests deliberately)", pytrace=False)
+    try:
+        yield namespace
+    finally:
+        namespace.close()
+
+
+@pytest.fixture(scope="session")
+def labctl_home(netns: LabNamespace) -> Path:
+    """LABCTL_HOME for the session, under the namespace's 0755 work dir so QEMU can read guest disks.
+
+    Its cache is a link to a persistent directory so images and repositories survive between runs.
+    """
+    home = netns.workdir / "home"
+    home.mkdir(mode=0o755)
+    cache = Path(os.environ.get("LABCTL_E2E_CACHE") or DEFAULT_CACHE)
+    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (home / "cache").symlink_to(cache, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def labctl(netns: LabNamespace, labctl_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """labctl(*args, timeout=, env=, check=): the installed console script, run inside the namespace."""
+    script = Path(sys.executable).parent / "labctl"
+    if not script.exists():
+        pytest.fail(f"{script} not found: install the project into this environment (pip install -e .)",
+                    pytrace=False)
+
+    def run(*args: str, timeout: float = 3600, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        return netns.run([script, "--connect", netns.uri, *args], timeout=timeout, check=check,
+                         env={"LABCTL_HOME": str(labctl_home), **(env or {})})
+
+    return run
