@@ -126,7 +126,8 @@ DEFAULT_CERT_MANAGER = "v1.21.2"
 DEFAULT_RANCHER_CLUSTER = "v1.34.6+rke2r3"
 DEFAULT_HELM = "v3.19.0"
 
-DEFAULT_CNI = {"kubeadm": "calico", "rke2": "canal", "rke": "canal"}
+# canal everywhere: it is what the provisioning firewall tables open ports for (8472/udp, 9099/tcp).
+DEFAULT_CNI = {"kubeadm": "canal", "rke2": "canal", "rke": "canal"}
 
 # CNI manifests the kubeadm path applies (pinned; the same files go into an artifacts dir).
 # Calico/Canal: https://docs.tigera.io/calico/latest/getting-started/kubernetes/self-managed-onprem/onpremises

@@ -124,7 +124,7 @@ class KubernetesConfig(_Strict):
         description="a pinned release: v1.35.3 for kubeadm, v1.34.6+rke2r3 for rke2, v1.32.5-rancher1-1 for rke",
     )
     cni: Literal["calico", "canal", "flannel"] | None = Field(
-        None, description="calico, canal or flannel; default calico for kubeadm, canal for rke2 and rke"
+        None, description="calico, canal or flannel; default canal"
     )
     pod_subnet: ipaddress.IPv4Network | None = Field(
         None, description="pod network such as 10.244.0.0/16; default 10.244.0.0/16 (kubeadm) or 10.42.0.0/16"

@@ -263,9 +263,6 @@ def rancher_local_rke2_config(lab: Lab, node: Node) -> str:
     }, sort_keys=False)
 
 
-RKE_SSH_KEY_PATH = "~/.ssh/labctl_rke_ed25519"
-
-
 def _rke_roles(node: Node) -> list[str]:
     roles = []
     if node.has_role(Role.master):
@@ -277,8 +274,8 @@ def _rke_roles(node: Node) -> list[str]:
     return roles
 
 
-def rke_cluster_yml(lab: Lab) -> str:
-    """cluster.yml for `rke up`, run on the rancher node with the lab key at RKE_SSH_KEY_PATH."""
+def rke_cluster_yml(lab: Lab, ssh_key_path: str) -> str:
+    """cluster.yml for `rke up`, run on the rancher node holding the lab's private key at ssh_key_path."""
     kube = lab.kubernetes
     nodes = [
         {
@@ -286,7 +283,7 @@ def rke_cluster_yml(lab: Lab) -> str:
             "hostname_override": node.name,
             "user": lab.ssh_user,
             "role": _rke_roles(node),
-            "ssh_key_path": RKE_SSH_KEY_PATH,
+            "ssh_key_path": ssh_key_path,
         }
         for node in lab.nodes if _rke_roles(node)
     ]
@@ -303,7 +300,7 @@ def rke_cluster_yml(lab: Lab) -> str:
         "cluster_name": cluster_name(lab),
         "kubernetes_version": kube.pinned_version,
         "nodes": nodes,
-        "ssh_key_path": RKE_SSH_KEY_PATH,
+        "ssh_key_path": ssh_key_path,
         "network": {"plugin": kube.cni_or_default},
         "services": {
             "etcd": {

@@ -33,7 +33,7 @@ def test_seed_001_settings_load_with_current_version():
     })
     kube = lab.kubernetes
     assert kube.minor == (1, 35)
-    assert kube.cni_or_default == "calico"
+    assert kube.cni_or_default == "canal"
     assert str(kube.cluster_dns_ip) == "10.98.0.10"
     assert kube.warnings() == []
 

@@ -138,13 +138,13 @@ def test_rke2_server_and_agent_configs():
 
 def test_rke_cluster_yml():
     lab = lab_with({"distro": "rke", "etcd_snapshot_interval_hours": 12, "etcd_snapshot_retention": 3})
-    cluster = yaml.safe_load(render.rke_cluster_yml(lab))
+    cluster = yaml.safe_load(render.rke_cluster_yml(lab, "/home/labctl/.ssh/k"))
     assert schema.unknown_rke_fields(cluster) == []
     assert cluster["kubernetes_version"] == "v1.32.5-rancher1-1"
     assert cluster["network"]["plugin"] == "canal"
     roles = {n["hostname_override"]: n["role"] for n in cluster["nodes"]}
     assert roles == {"kube-master": ["controlplane", "etcd"], "kube-worker": ["worker"]}
-    assert all(n["user"] == "labctl" and n["ssh_key_path"] == render.RKE_SSH_KEY_PATH for n in cluster["nodes"])
+    assert all(n["user"] == "labctl" and n["ssh_key_path"] == "/home/labctl/.ssh/k" for n in cluster["nodes"])
     assert cluster["services"]["etcd"]["backup_config"] == {"enabled": True, "interval_hours": 12, "retention": 3}
 
 

@@ -1,0 +1,80 @@
+"""Air-gapped artifacts: the directory layout labctl pushes to nodes instead of downloading.
+
+    <artifacts>/kubeadm/<version>/bin/{kubeadm,kubelet,kubectl,crictl}
+    <artifacts>/kubeadm/<version>/images/*.tar      `kubeadm config images list` images (ctr/docker import)
+    <artifacts>/cni/<cni>.yaml                       the CNI manifest (kubeadm)
+    <artifacts>/cri-dockerd/bin/cri-dockerd          only for runtime: docker
+    <artifacts>/rke2/<version>/{install.sh,rke2.linux-amd64.tar.gz,rke2-images.linux-amd64.tar.zst,sha256sum-amd64.txt}
+    <artifacts>/rke/<rke_version>/bin/{rke,kubectl}
+    <rancher.artifacts>/helm/bin/helm
+    <rancher.artifacts>/charts/{cert-manager-<v>.tgz,rancher-<v>.tgz}
+    <rancher.artifacts>/rke2/<cluster_version>/...   as above, for Rancher's own cluster (helm mode)
+    <rancher.artifacts>/images/*.tar                 Rancher images (docker load / RKE2 image dir)
+
+The shapes follow each project's air-gap instructions: https://docs.rke2.io/install/airgap,
+https://kubernetes.io/docs/setup/production-environment/tools/kubeadm/install-kubeadm/#without-a-package-manager,
+https://ranchermanager.docs.rancher.com/getting-started/installation-and-upgrade/other-installation-methods/air-gapped-helm-cli-install
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labctl.errors import InvalidInput
+from labctl.lab import Lab
+
+RKE2_FILES = ("install.sh", "rke2.linux-amd64.tar.gz", "rke2-images.linux-amd64.tar.zst", "sha256sum-amd64.txt")
+
+
+def kubeadm_dir(root: Path, version: str) -> Path:
+    return root / "kubeadm" / version
+
+
+def rke2_dir(root: Path, version: str) -> Path:
+    return root / "rke2" / version
+
+
+def rke_dir(root: Path, rke_version: str) -> Path:
+    return root / "rke" / rke_version
+
+
+def required(lab: Lab) -> list[Path]:
+    """Every file the lab's air-gapped install needs (directories of images may be empty)."""
+    kube = lab.kubernetes
+    needed: list[Path] = []
+    if kube.artifacts is not None and kube.distro != "none":
+        root, version = kube.artifacts, kube.pinned_version
+        if kube.distro == "kubeadm":
+            needed += [kubeadm_dir(root, version) / "bin" / tool for tool in ("kubeadm", "kubelet", "kubectl", "crictl")]
+            needed.append(root / "cni" / f"{kube.cni_or_default}.yaml")
+            if kube.runtime == "docker":
+                needed.append(root / "cri-dockerd" / "bin" / "cri-dockerd")
+        elif kube.distro == "rke2":
+            needed += [rke2_dir(root, version) / name for name in RKE2_FILES]
+        else:
+            needed += [rke_dir(root, kube.rke_version) / "bin" / tool for tool in ("rke", "kubectl")]
+    rancher = kube.rancher
+    if rancher.enabled and rancher.artifacts is not None and rancher.mode == "helm":
+        root = rancher.artifacts
+        needed.append(root / "helm" / "bin" / "helm")
+        needed.append(root / "charts" / f"cert-manager-{rancher.cert_manager_version}.tgz")
+        needed.append(root / "charts" / f"rancher-{rancher.version.removeprefix('v')}.tgz")
+        needed += [rke2_dir(root, rancher.cluster_version) / name for name in RKE2_FILES]
+    return needed
+
+
+def check(lab: Lab) -> None:
+    """Raise InvalidInput listing missing artifact files, before anything is pushed."""
+    missing = [path for path in required(lab) if not path.is_file()]
+    if missing:
+        raise InvalidInput(
+            f"the artifacts directory lacks {len(missing)} file{'s' * (len(missing) > 1)}",
+            details="\n".join(f"  {path}" for path in missing),
+            resolution="build it on a connected machine (see docs/kubernetes.md, 'Air-gapped artifacts'), "
+            "or remove kubernetes.artifacts / kubernetes.rancher.artifacts to download on the nodes",
+        )
+
+
+def files_under(directory: Path) -> list[Path]:
+    """Files below directory, relative to it, sorted."""
+    return sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())

@@ -1,0 +1,191 @@
+"""Rancher on the rancher node (helm on its own single-node RKE2, or the single container), and the
+import of the lab's cluster through Rancher's API."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+from pathlib import Path
+
+import yaml
+
+from labctl.errors import CommandFailed, WaitTimeout
+from labctl.kube import compat, remote, render, rke2
+from labctl.kube.cluster import Control, write_private
+from labctl.lab import Lab
+from labctl.progress import Reporter
+from labctl.transport import Executor
+
+PASSWORD_FILE = "rancher-bootstrap-password"
+DATA_DIR = "/var/lib/labctl/rancher"
+HELM = "/usr/local/bin/helm"
+JETSTACK_REPO = "https://charts.jetstack.io"
+RANCHER_REPO = "https://releases.rancher.com/server-charts/stable"
+
+
+def bootstrap_password(state_dir: Path, reporter: Reporter) -> str:
+    """The lab's Rancher bootstrap password: generated once, kept 0600 in the lab state, printed once."""
+    path = state_dir / PASSWORD_FILE
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    write_private(path, password + "\n")
+    reporter.info(f"Rancher bootstrap password (stored in {path}): {password}")
+    return password
+
+
+def _curl(lab: Lab) -> str:
+    host = render.rancher_hostname(lab)
+    return f"curl -ksS --fail --resolve {host}:443:127.0.0.1"
+
+
+def wait_up(lab: Lab, executor: Executor, *, timeout: float) -> None:
+    url = f"https://{render.rancher_hostname(lab)}/ping"
+    check = lambda: executor.run(f"{_curl(lab)} {url}", check=False, timeout=30).stdout.strip() == "pong"  # noqa: E731
+    if not remote.wait_until(check, timeout=timeout, interval=10):
+        raise WaitTimeout(f"Rancher did not answer {url} within {timeout:.0f} s",
+                          resolution="see `kubectl -n cattle-system get pods` (helm) or `docker logs rancher` on the rancher node")
+
+
+def install_helm_mode(lab: Lab, executor: Executor, password: str, reporter: Reporter) -> None:
+    rancher_cfg = lab.kubernetes.rancher
+    node = render.rancher_node(lab)
+    assert node is not None
+    rke2.install(node, executor, reporter, version=rancher_cfg.cluster_version, server=True,
+                 artifacts_root=rancher_cfg.artifacts)
+    rke2.start(node, executor, render.rancher_local_rke2_config(lab, node), reporter, server=True)
+    local = rke2.control(node)
+    env = f"KUBECONFIG={rke2.KUBECONFIG} PATH=$PATH:/var/lib/rancher/rke2/bin"
+    reporter.phase(node.name, "rancher", "helm and cert-manager")
+    if rancher_cfg.artifacts is not None:
+        remote.push_file(executor, rancher_cfg.artifacts / "helm" / "bin" / "helm", HELM, mode=0o755)
+        charts = f"{remote.STAGE_DIR}/charts"
+        remote.stage(executor, rancher_cfg.artifacts / "charts",
+                     [Path(f"cert-manager-{rancher_cfg.cert_manager_version}.tgz"),
+                      Path(f"rancher-{rancher_cfg.version.removeprefix('v')}.tgz")], charts)
+        cert_chart = f"{charts}/cert-manager-{rancher_cfg.cert_manager_version}.tgz"
+        rancher_chart = f"{charts}/rancher-{rancher_cfg.version.removeprefix('v')}.tgz"
+        version_args: list[str] = []
+    else:
+        remote.sh(executor, f"curl -fsSL https://get.helm.sh/helm-{compat.DEFAULT_HELM}-linux-amd64.tar.gz "
+                            f"| tar -xz -C /usr/local/bin --strip-components=1 linux-amd64/helm", timeout=600)
+        remote.sh(executor, f"{env} {HELM} repo add jetstack {JETSTACK_REPO} --force-update && "
+                            f"{env} {HELM} repo add rancher-stable {RANCHER_REPO} --force-update")
+        cert_chart, rancher_chart = "jetstack/cert-manager", "rancher-stable/rancher"
+        version_args = ["--version", rancher_cfg.version.removeprefix("v")]
+    args = render.cert_manager_install_args(lab, cert_chart)
+    remote.sh(executor, f"{env} {HELM} {shlex.join(args)}", timeout=1200)
+    reporter.phase(node.name, "rancher", f"rancher chart {rancher_cfg.version}")
+    values = yaml.safe_dump(render.rancher_helm_values(lab, password))
+    executor.push(values.encode(), "/etc/labctl/rancher-values.yaml", mode=0o600, sudo=True)
+    install = ["upgrade", "--install", "rancher", rancher_chart, "--namespace", "cattle-system",
+               "--create-namespace", "--values", "/etc/labctl/rancher-values.yaml", *version_args]
+    remote.sh(executor, f"{env} {HELM} {shlex.join(install)}", timeout=1200)
+    local.run(executor, "-n cattle-system rollout status deploy/rancher --timeout=20m", timeout=1300)
+
+
+def install_docker_mode(lab: Lab, executor: Executor, password: str, reporter: Reporter) -> None:
+    rancher_cfg = lab.kubernetes.rancher
+    reporter.phase(executor.name, "rancher", f"rancher/rancher:{rancher_cfg.version} container")
+    if not remote.succeeds(executor, "command -v docker"):
+        raise CommandFailed(f"{executor.name}: Docker is not installed; rancher.mode docker runs Rancher in it",
+                            resolution="enable the Docker provisioning step for the rancher node, or use mode: helm")
+    if remote.succeeds(executor, "docker inspect rancher"):
+        return
+    if rancher_cfg.artifacts is not None:
+        images = rancher_cfg.artifacts / "images"
+        remote.stage(executor, images, [p.relative_to(images) for p in sorted(images.glob("*.tar"))],
+                     f"{remote.STAGE_DIR}/rancher-images")
+        remote.sh(executor, f"for image in {remote.STAGE_DIR}/rancher-images/*.tar; do docker load -i \"$image\"; done",
+                  timeout=1800)
+    remote.sh(executor, " ".join([
+        "docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443",
+        f"-v {DATA_DIR}:/var/lib/rancher -e CATTLE_BOOTSTRAP_PASSWORD={shlex.quote(password)}",
+        f"rancher/rancher:{rancher_cfg.version}",
+    ]), timeout=1800)
+
+
+class RancherAPI:
+    """Rancher's v3 API, called with curl on the rancher node (the hostname resolves there via --resolve)."""
+
+    def __init__(self, lab: Lab, executor: Executor):
+        self.lab, self.executor = lab, executor
+        self.base = f"https://{render.rancher_hostname(lab)}"
+        self.token: str | None = None
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        auth = f" -H {shlex.quote('Authorization: Bearer ' + self.token)}" if self.token else ""
+        data = " -H 'Content-Type: application/json' --data-binary @-" if body is not None else ""
+        command = f"{_curl(self.lab)} -X {method}{auth}{data} {shlex.quote(self.base + path)}"
+        result = self.executor.run(command, check=False, timeout=120,
+                                   stdin=json.dumps(body).encode() if body is not None else None)
+        if not result.ok:
+            raise CommandFailed(f"Rancher API {method} {path} failed (curl status {result.exit_status})",
+                                details=result.tail())
+        try:
+            return json.loads(result.stdout or "{}")
+        except ValueError as exc:
+            raise CommandFailed(f"Rancher API {method} {path} did not return JSON", details=result.stdout[-2000:]) from exc
+
+    def login(self, password: str) -> None:
+        answer = self.call("POST", "/v3-public/localProviders/local?action=login",
+                           {"username": "admin", "password": password, "responseType": "json"})
+        if not answer.get("token"):
+            raise CommandFailed("Rancher refused the bootstrap password", details=json.dumps(answer)[:2000])
+        self.token = answer["token"]
+
+    def manifest_url(self, cluster_name: str, *, timeout: float) -> str:
+        """Create (or find) the imported cluster and return its registration manifest URL."""
+        self.call("PUT", "/v3/settings/server-url", {"name": "server-url", "value": self.base})
+        found = self.call("GET", f"/v3/clusters?name={cluster_name}").get("data", [])
+        cluster_id = found[0]["id"] if found else self.call("POST", "/v3/clusters", {"type": "cluster", "name": cluster_name})["id"]
+        url = ""
+
+        def ready() -> bool:
+            nonlocal url
+            tokens = self.call("GET", f"/v3/clusterregistrationtokens?clusterId={cluster_id}").get("data", [])
+            if not tokens:
+                self.call("POST", "/v3/clusterregistrationtokens", {"type": "clusterRegistrationToken", "clusterId": cluster_id})
+                return False
+            url = tokens[0].get("manifestUrl") or ""
+            return bool(url)
+
+        if not remote.wait_until(ready, timeout=timeout, interval=5):
+            raise WaitTimeout(f"Rancher gave no registration manifest for cluster {cluster_name} within {timeout:.0f} s")
+        return url
+
+
+def import_cluster(lab: Lab, executors: dict[str, Executor], control: Control, password: str,
+                   reporter: Reporter, *, timeout: float) -> None:
+    """Register the lab's cluster in Rancher: create it through the API, apply its manifest on the cluster."""
+    rancher_node = render.rancher_node(lab)
+    assert rancher_node is not None
+    host, ip = render.rancher_hostname(lab), str(rancher_node.ip)
+    api = RancherAPI(lab, executors[rancher_node.name])
+    api.login(password)
+    url = api.manifest_url(render.cluster_name(lab), timeout=timeout)
+    manifest = executors[rancher_node.name].run(f"{_curl(lab)} {shlex.quote(url)}", check=True, timeout=120).stdout
+    reporter.phase(control.node, "rancher", "applying the registration manifest")
+    # Nodes and pods must resolve the Rancher hostname; the lab's DNS may not know it.
+    for node in lab.nodes:
+        if node.name != rancher_node.name:
+            remote.sh(executors[node.name], f"grep -q ' {host}$' /etc/hosts || echo '{ip} {host}' >> /etc/hosts")
+    control.run(executors[control.node], "apply -f -", stdin=manifest.encode())
+    patch = json.dumps({"spec": {"template": {"spec": {"hostAliases": [{"ip": ip, "hostnames": [host]}]}}}})
+    control.run(executors[control.node], f"-n cattle-system patch deployment cattle-cluster-agent -p {shlex.quote(patch)}")
+
+
+def install(lab: Lab, executors: dict[str, Executor], state_dir: Path, reporter: Reporter) -> str:
+    """Install Rancher as the lab asks; return the bootstrap password."""
+    node = render.rancher_node(lab)
+    assert node is not None  # check_lab requires one when rancher.enabled
+    executor = executors[node.name]
+    password = bootstrap_password(state_dir, reporter)
+    remote.sh(executor, "mkdir -p /etc/labctl")
+    if lab.kubernetes.rancher.mode == "helm":
+        install_helm_mode(lab, executor, password, reporter)
+    else:
+        install_docker_mode(lab, executor, password, reporter)
+    wait_up(lab, executor, timeout=lab.kubernetes.ready_timeout)
+    return password
