@@ -55,7 +55,9 @@ def test_user_data_passes_cloud_inits_schema(lab_and_keys, cloud_config_schema):
 
 def test_schema_check_catches_a_bad_document(cloud_config_schema):
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"users": "not-a-list", "ssh_pwauth": "maybe-ish"}, cloud_config_schema)
+        jsonschema.validate({"growpart": {"mode": "sideways"}}, cloud_config_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"ssh_genkeytypes": []}, cloud_config_schema)
 
 
 def test_packages_are_rendered_when_asked(tmp_path):
