@@ -39,9 +39,9 @@ def cli(ctx: click.Context, connect: str, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from labctl.cli import image, lab
+    from labctl.cli import image, lab, provision
 
-    for module in (lab, image):
+    for module in (lab, image, provision):
         for command in module.COMMANDS:
             cli.add_command(command)
 
