@@ -1,5 +1,80 @@
-"""labctl image list|pull|import|build."""
+"""labctl image list|pull|import|build|rm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
 
-COMMANDS: list[click.Command] = []
+from labctl import images
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB" if size else "-"
+
+
+@click.group()
+def image() -> None:
+    """Base images: list, pull from the catalog, import, build."""
+
+
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print the records as JSON")
+def list_command(as_json: bool) -> None:
+    """Images in the local cache and catalog images not pulled yet."""
+    records = images.list_images()
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    rows = Table("name", "source", "suite", "present", "size", "virtual", "sha256")
+    for r in records:
+        rows.add_row(r.name, r.source, r.suite or "-", "yes" if r.present else "no", _mib(r.size),
+                     _mib(r.virtual_size), r.sha256[:12] or "-")
+    Console().print(rows)
+
+
+@image.command()
+@click.argument("name")
+def pull(name: str) -> None:
+    """Download a catalog image and verify it against the publisher's checksums."""
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task(name, total=None)
+        record = images.pull(name, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    click.echo(f"{record.name}: {record.path} ({_mib(record.size)}, sha256 {record.sha256})")
+
+
+@image.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="name lab files use for this image, like debian-12")
+@click.option("--suite", type=click.Choice(sorted(images.FAMILIES)), default=None,
+              help="apt suite of the image's release (default: the catalog's for NAME)")
+def import_command(file: Path, name: str, suite: str | None) -> None:
+    """Copy a local qcow2 image into the cache under NAME."""
+    record = images.import_image(file, name, suite=suite)
+    click.echo(f"{record.name}: {record.path} ({_mib(record.size)}, virtual {_mib(record.virtual_size)})")
+
+
+@image.command()
+@click.argument("name", type=click.Choice(sorted(images.BUILDABLE)))
+def build(name: str) -> None:
+    """Build an image from distribution packages (root; uses the host's apt)."""
+    from labctl import imagebuild
+
+    release = name.removeprefix("debian-")
+    record = imagebuild.build_debian(release, name=name, log=lambda message: click.echo(message, err=True))
+    click.echo(f"{record.name}: {record.path} ({_mib(record.size)}, sha256 {record.sha256})")
+
+
+@image.command()
+@click.argument("name")
+def rm(name: str) -> None:
+    """Forget an image and delete its file."""
+    images.remove(name)
+
+
+COMMANDS: list[click.Command] = [image]
