@@ -12,10 +12,24 @@ from labctl import accel, images, names, paths, render
 from labctl.errors import InvalidInput, LabctlError, NotOwned
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
-from labctl.lab import Accel, Lab, Node
+from labctl.kube.bootstrap import Outcome, bootstrap
+from labctl.kube.checks import check_lab as check_kubernetes
+from labctl.lab import Accel, Lab, Node, load_lab
+from labctl.provision.packages import check_source as check_package_source
+from labctl.provision.ports import check_node_ports as check_ports
+from labctl.provision.run import ProvisionSummary, run_playbooks
 from labctl.progress import Reporter
 from labctl.ready import NodeWait, probe_quick
 from labctl.transport import Result, SSHExecutor
+
+
+def load(ref: str | Path) -> Lab:
+    """A lab file, validated as a whole: the model, then the checks that need several sections."""
+    lab, path = load_lab(ref)
+    check_kubernetes(lab, source=str(path))
+    check_ports(lab)
+    check_package_source(lab)
+    return lab
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,34 @@ def _save_state(lab: Lab, state: dict) -> None:
 # ---- up ---------------------------------------------------------------------------------------
 
 
-def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None) -> list[NodeStatus]:
-    """Create whatever of the lab is missing, start it, and wait until every node is ready."""
+@dataclass(frozen=True)
+class UpResult:
+    nodes: list[NodeStatus]
+    provisioning: ProvisionSummary
+    kubernetes: Outcome | None
+
+
+def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None) -> UpResult:
+    """Bring the lab to the state its file describes: VMs ready, provisioned, Kubernetes up.
+
+    Every phase skips what is already done, so `up` also resumes a failed or interrupted run.
+    """
+    statuses = start_vms(lab, uri, reporter=reporter, accel_override=accel_override)
+    keys = lab_keys(lab)
+    execs = executors(lab, keys)
+    try:
+        summary = run_playbooks(lab, execs, reporter=reporter, state_dir=paths.lab_dir(lab.name), keys=keys)
+        outcome = None
+        if lab.kubernetes.distro != "none" or lab.kubernetes.rancher.enabled:
+            outcome = bootstrap(lab, execs, reporter=reporter, state_dir=paths.lab_dir(lab.name))
+    finally:
+        for ssh in execs.values():
+            ssh.close()
+    return UpResult(statuses, summary, outcome)
+
+
+def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None) -> list[NodeStatus]:
+    """Create whatever VM of the lab is missing, start it, and wait until every node is ready."""
     image_records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
     keys = lab_keys(lab)
     state = _load_state(lab)
@@ -87,13 +127,18 @@ def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None =
             dom, fresh = _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
             ssh = executor(lab, node, keys)
             if not fresh and state.get("ready", {}).get(node.name) and dom.isActive() and probe_quick(ssh):
+                ssh.close()
                 reporter.phase(node.name, "ready", "already up")
                 continue
             hv.start_domain(dom)
             reporter.phase(node.name, "boot", choice.domain_type)
             waits.append(NodeWait(hv, network, dom, node.name, node.mac, ssh, console_log(lab, node),
                                   reporter, lab.timeouts.ready))
-        _run_all([w.run for w in waits], "start")
+        try:
+            _run_all([w.run for w in waits], "start")
+        finally:
+            for wait in waits:
+                wait.executor.close()
         state.setdefault("ready", {}).update({node.name: True for node in lab.nodes})
         _save_state(lab, state)
         return _statuses(hv, lab)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from labctl import api
 from labctl.errors import InvalidInput
-from labctl.lab import Accel, load_lab
+from labctl.lab import Accel
 from labctl.progress import Reporter
 
 lab_argument = click.argument("lab")
@@ -44,10 +44,16 @@ def print_statuses(statuses: list[api.NodeStatus], as_json: bool) -> None:
 @click.pass_obj
 def up(obj: dict, lab: str, accel: str | None, as_json: bool) -> None:
     """Create the lab's VMs (or resume a half-made lab) and wait until every node is ready."""
-    model, _ = load_lab(lab)
+    model = api.load(lab)
     with Reporter() as reporter:
-        statuses = api.up(model, obj["uri"], reporter=reporter, accel_override=_accel(accel))
-    print_statuses(statuses, as_json)
+        result = api.up(model, obj["uri"], reporter=reporter, accel_override=_accel(accel))
+    print_statuses(result.nodes, as_json)
+    if not as_json:
+        summary = result.provisioning
+        click.echo(f"provisioning: {summary.count('done')} steps ran, {summary.count('skipped')} already done",
+                   err=True)
+        if result.kubernetes is not None:
+            click.echo(result.kubernetes.summary())
 
 
 @click.command()
@@ -55,7 +61,7 @@ def up(obj: dict, lab: str, accel: str | None, as_json: bool) -> None:
 @click.pass_obj
 def down(obj: dict, lab: str) -> None:
     """Destroy the lab: domains, disks, seeds, network, state. Nothing labctl did not create."""
-    model, _ = load_lab(lab)
+    model = api.load(lab)
     with Reporter() as reporter:
         api.down(model, obj["uri"], reporter=reporter)
     click.echo(f"lab {model.name} removed")
@@ -67,7 +73,7 @@ def down(obj: dict, lab: str) -> None:
 @click.pass_obj
 def status(obj: dict, lab: str, as_json: bool) -> None:
     """Show the lab's nodes: name, roles, state, IP, vCPUs, memory."""
-    model, _ = load_lab(lab)
+    model = api.load(lab)
     print_statuses(api.status(model, obj["uri"]), as_json)
 
 
@@ -77,7 +83,7 @@ def status(obj: dict, lab: str, as_json: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(lab: str, node: str, command: tuple[str, ...]) -> None:
     """Open a shell on NODE, or run COMMAND there and exit with its status (labctl ssh LAB NODE -- CMD)."""
-    model, _ = load_lab(lab)
+    model = api.load(lab)
     if command:
         result = api.run_on(model, node, shlex.join(command) if len(command) > 1 else command[0])
         click.echo(result.stdout, nl=False)
@@ -97,7 +103,7 @@ def ssh(lab: str, node: str, command: tuple[str, ...]) -> None:
 @accel_option
 def render(lab: str, out: Path, accel: str | None) -> None:
     """Write the cloud-init files, seed ISOs and libvirt XML that `up` would use; no hypervisor needed."""
-    model, _ = load_lab(lab)
+    model = api.load(lab)
     for path in api.render_lab(model, out, accel_override=_accel(accel)):
         click.echo(path)
 
