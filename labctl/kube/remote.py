@@ -82,13 +82,12 @@ def in_parallel(items: Iterable[T], action: Callable[[T], object], what: str) ->
         )
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 10.0,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 10.0) -> bool:
     """Poll check until it is true (True) or timeout seconds pass (False)."""
-    deadline = clock() + timeout
+    deadline = time.monotonic() + timeout
     while True:
         if check():
             return True
-        if clock() >= deadline:
+        if time.monotonic() >= deadline:
             return False
-        sleep(interval)
+        time.sleep(interval)
