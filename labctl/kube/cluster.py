@@ -107,7 +107,11 @@ def save_kubeconfig(lab: Lab, executor: Executor, remote_path: str, state_dir: P
 
 
 def write_private(path: Path, text: str) -> None:
+    """Write text readable by the owner only, replacing path atomically (an existing file's mode too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)

@@ -1,0 +1,109 @@
+"""kubeconfig merge, etcd snapshot commands per distro, and reset --kubernetes, on fake executors."""
+
+import pytest
+import yaml
+
+from labctl.errors import InvalidInput, LabctlError
+from labctl.kube import ops
+from labctl.lab import parse_lab
+from labctl.progress import QuietReporter
+from tests.unit.test_kube_bootstrap import NODES, FakeExecutor, fail
+
+LAB_KUBECONFIG = yaml.safe_dump({
+    "apiVersion": "v1", "kind": "Config",
+    "clusters": [{"name": "kubernetes", "cluster": {"server": "https://192.168.1.10:6443", "certificate-authority-data": "Q0E="}}],
+    "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": "Q1JU", "client-key-data": "S0VZ"}}],
+    "contexts": [{"name": "kubernetes-admin@kubernetes", "context": {"cluster": "kubernetes", "user": "kubernetes-admin"}}],
+    "current-context": "kubernetes-admin@kubernetes",
+})
+
+
+def lab_with(kubernetes):
+    return parse_lab({"name": "ref", "nodes": NODES, "kubernetes": kubernetes})
+
+
+def fleet():
+    return {name: FakeExecutor(name) for name in ("rancher-host", "kube-master", "kube-worker")}
+
+
+def test_merge_keeps_other_contexts_and_replaces_own(tmp_path):
+    target = tmp_path / "config"
+    target.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "work",
+        "clusters": [{"name": "work", "cluster": {"server": "https://work:6443"}},
+                     {"name": "labctl-ref", "cluster": {"server": "https://stale:6443"}}],
+        "users": [{"name": "work", "user": {"token": "t"}}],
+        "contexts": [{"name": "work", "context": {"cluster": "work", "user": "work"}}],
+    }))
+    ops.merge_kubeconfig(LAB_KUBECONFIG, "labctl-ref", target)
+    merged = yaml.safe_load(target.read_text())
+    assert merged["current-context"] == "work"
+    servers = {c["name"]: c["cluster"]["server"] for c in merged["clusters"]}
+    assert servers == {"work": "https://work:6443", "labctl-ref": "https://192.168.1.10:6443"}
+    assert {c["name"] for c in merged["contexts"]} == {"work", "labctl-ref"}
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_merge_into_missing_file_sets_context(tmp_path):
+    target = tmp_path / "kube" / "config"
+    ops.merge_kubeconfig(LAB_KUBECONFIG, "labctl-ref", target)
+    assert yaml.safe_load(target.read_text())["current-context"] == "labctl-ref"
+
+
+def test_kubeconfig_before_up_says_so(tmp_path):
+    with pytest.raises(LabctlError, match="no kubeconfig"):
+        ops.kubeconfig(lab_with({"distro": "kubeadm"}), tmp_path)
+
+
+@pytest.mark.parametrize("distro, node, pattern", [
+    ("rke", "rancher-host", r"^cd /home/labctl/labctl-rke && rke etcd snapshot-save --name before-upgrade --config cluster.yml$"),
+    ("rke2", "kube-master", r"^rke2 etcd-snapshot save --name before-upgrade$"),
+    ("kubeadm", "kube-master", r"etcdctl .* snapshot save /var/lib/etcd/before-upgrade.db$"),
+])
+def test_snapshot_save_per_distro(distro, node, pattern):
+    nodes = fleet()
+    ops.snapshot_save(lab_with({"distro": distro}), nodes, "before-upgrade")
+    assert nodes[node].ran(pattern)
+
+
+def test_snapshot_name_is_checked():
+    with pytest.raises(InvalidInput):
+        ops.snapshot_save(lab_with({"distro": "rke2"}), fleet(), "x; rm -rf /")
+
+
+def test_rke2_restore_stops_resets_and_starts():
+    nodes = fleet()
+    ops.snapshot_restore(lab_with({"distro": "rke2"}), nodes, "snap1", QuietReporter())
+    commands = [c for c, _, _ in nodes["kube-master"].commands]
+    assert commands[0] == "systemctl stop rke2-server"
+    assert "--cluster-reset --cluster-reset-restore-path=/var/lib/rancher/rke2/server/db/snapshots/snap1*" in commands[1]
+    assert commands[2] == "systemctl start rke2-server"
+
+
+def test_kubeadm_restore_failure_raises():
+    nodes = fleet()
+    nodes["kube-master"].rules.append((r"bash -s", fail("no such snapshot")))
+    with pytest.raises(LabctlError, match="kube-master"):
+        ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "missing", QuietReporter())
+
+
+def test_reset_kubeadm_and_rancher(tmp_path):
+    (tmp_path / "kubeconfig").write_text("x")
+    (tmp_path / "rancher-bootstrap-password").write_text("p")
+    nodes = fleet()
+    ops.reset_kubernetes(lab_with({"distro": "kubeadm", "version": "v1.34.2", "rancher": {"enabled": True}}),
+                         nodes, tmp_path, QuietReporter())
+    assert nodes["kube-master"].ran("kubeadm reset -f") and nodes["kube-worker"].ran("kubeadm reset -f")
+    assert nodes["rancher-host"].ran("rke2-uninstall.sh")
+    assert not (tmp_path / "kubeconfig").exists() and not (tmp_path / "rancher-bootstrap-password").exists()
+
+
+def test_reset_rke_runs_rke_remove(tmp_path):
+    nodes = fleet()
+    ops.reset_kubernetes(lab_with({"distro": "rke"}), nodes, tmp_path, QuietReporter())
+    assert nodes["rancher-host"].ran("rke remove --force --config cluster.yml")
+
+
+def test_distro_none_has_nothing_to_reset(tmp_path):
+    with pytest.raises(InvalidInput, match="no Kubernetes"):
+        ops.reset_kubernetes(lab_with({"distro": "none"}), fleet(), tmp_path, QuietReporter())
