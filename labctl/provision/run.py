@@ -55,10 +55,8 @@ def run_playbooks(
     if only_step is not None and only_step not in playbook.step_names():
         raise InvalidInput(f"no playbook step {only_step!r}",
                            resolution=f"use one of: {', '.join(playbook.step_names())}")
-    plans: dict[str, list[RenderedStep]] = {}
-    for node in lab.nodes:
-        steps = render_steps(playbook, lab, node, keys)
-        plans[node.name] = [s for s in steps if only_step in (None, s.name)]
+    rendered = {node.name: render_steps(playbook, lab, node, keys) for node in lab.nodes}
+    plans = {name: [s for s in steps if only_step in (None, s.name)] for name, steps in rendered.items()}
     plans = {name: steps for name, steps in plans.items() if steps}
 
     facts = _parallel({name: (lambda ex=executors[name]: probe(ex, wait=retry_wait)) for name in plans})
@@ -69,18 +67,18 @@ def run_playbooks(
         for name, steps in plans.items()
     }
     pending = {name: run.pending() for name, run in runs.items()}
-    with _package_source(lab, plans, pending, facts, reporter):
+    with _package_source(lab, rendered, pending, facts, reporter):
         outcomes = run_nodes(runs)
     return ProvisionSummary(outcomes)
 
 
 @contextlib.contextmanager
-def _package_source(lab, plans, pending, facts, reporter: Reporter) -> Iterator[None]:
-    """Serve the local repository while steps that install packages run; otherwise nothing."""
-    if lab.packages.source != "local" or not any(s.packages for steps in pending.values() for s in steps):
+def _package_source(lab, rendered, pending, facts, reporter: Reporter) -> Iterator[None]:
+    """Serve the local repository while any step runs (steps run apt); with nothing to do, nothing."""
+    if lab.packages.source != "local" or not any(pending.values()):
         yield
         return
-    releases = {(facts[name].codename, facts[name].arch) for name in plans}
+    releases = {(facts[name].codename, facts[name].arch) for name, steps in pending.items() if steps}
     if len(releases) != 1:
         raise InvalidInput(
             "packages.source local serves one guest release, but the nodes run "
@@ -88,11 +86,21 @@ def _package_source(lab, plans, pending, facts, reporter: Reporter) -> Iterator[
             resolution="give every node the same image, or use packages.source mirror or distro",
         )
     (codename, arch), = releases
-    # Every step's packages, not only the pending ones, so the repository does not change with
-    # which steps happen to be left.
-    wanted = sorted({p for steps in plans.values() for s in steps for p in s.packages})
+    # Every step's packages on every node, not only the pending ones, so the repository (and its
+    # cache key) does not change with which steps happen to be left.
+    wanted = _packages_of(rendered)
     with packages.local_repository(lab, wanted, suite=codename, arch=arch, reporter=reporter):
         yield
+
+
+def lab_packages(lab: Lab, keys: LabKeys, *, playbook_dir: Path = PLAYBOOKS_DIR) -> list[str]:
+    """The apt packages the playbooks install on the lab's nodes: the local repository's content."""
+    playbook = load_playbook(playbook_dir)
+    return _packages_of({n.name: render_steps(playbook, lab, n, keys) for n in lab.nodes})
+
+
+def _packages_of(plans: Mapping[str, list[RenderedStep]]) -> list[str]:
+    return sorted({p for steps in plans.values() for s in steps for p in s.packages})
 
 
 def _parallel(tasks: Mapping[str, Callable]) -> dict:

@@ -99,9 +99,9 @@ def _retrying(attempts: int, wait: Callable[[int], float] | None):
 
 
 def step_command(step: RenderedStep) -> str:
-    """Run the script from stdin; write the step's marker only if it succeeded."""
-    marker = f"{MARKER_DIR}/{step.name}"
-    return (f"bash -s && mkdir -p {MARKER_DIR} && printf '%s' {shlex.quote(step.digest)} > {shlex.quote(marker)}")
+    """Run the script from stdin; the step's marker exists afterwards only if it succeeded."""
+    marker = shlex.quote(f"{MARKER_DIR}/{step.name}")
+    return (f"rm -f {marker} && bash -s && mkdir -p {MARKER_DIR} && printf '%s' {shlex.quote(step.digest)} > {marker}")
 
 
 class NodeRun:

@@ -41,8 +41,10 @@ class FakeNode:
             outcome = outcomes.pop(0) if outcomes else Result(0, f"{step} ok\n", "")
         if isinstance(outcome, Exception):
             raise outcome
+        digest, name = MARKER_RE.search(command).groups()
+        assert command.startswith(f"rm -f /var/lib/labctl/steps/{name} && ")
+        self.markers.pop(name, None)
         if outcome.ok:
-            digest, name = MARKER_RE.search(command).groups()
             self.markers[name] = digest.strip("'")
         return outcome
 
@@ -169,6 +171,17 @@ def test_only_step_runs_just_that_step(lab, nodes, tmp_path):
     assert nodes["rancher-host"].steps_run == []
     with pytest.raises(InvalidInput, match="no playbook step 'kernal'"):
         provision(lab, nodes, tmp_path, only_step="kernal")
+
+
+def test_a_forced_step_that_fails_is_no_longer_recorded_as_done(lab, nodes, tmp_path):
+    provision(lab, nodes, tmp_path)
+    nodes["kube-worker"].scripted["kernel"] = [Result(126, "", "modprobe: Permission denied\n")]
+    with pytest.raises(StepFailed):
+        provision(lab, nodes, tmp_path, only_step="kernel", force=True)
+    for node in nodes.values():
+        node.steps_run.clear()
+    provision(lab, nodes, tmp_path)
+    assert nodes["kube-worker"].steps_run == ["kernel"] and nodes["kube-master"].steps_run == []
 
 
 def test_force_runs_done_steps_again(lab, nodes, tmp_path):
