@@ -175,7 +175,6 @@ def test_extra_masters_get_certificate_key_and_balancer(tmp_path):
 
 
 def test_wait_ready_times_out_with_cluster_state(monkeypatch):
-    lab = lab_with({"distro": "kubeadm"})
     master = FakeExecutor("kube-master", [
         (r"get nodes -o json", ok(json.dumps({"items": []}))),
         (r"get nodes,pods -A -o wide", ok("NAME READY\npod/coredns-1 0/1 Pending\n")),
