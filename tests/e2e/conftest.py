@@ -13,17 +13,14 @@ Environment:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import HarnessError, LabNamespace
+from tests.e2e.harness import HarnessError, LabNamespace, Labctl
 
 E2E_DIR = Path(__file__).parent
-DEFAULT_CACHE = Path("/var/cache/labctl-e2e")
 _deselected_key = pytest.StashKey[int]()
 
 
@@ -62,30 +59,17 @@ def netns():
 
 
 @pytest.fixture(scope="session")
-def labctl_home(netns: LabNamespace) -> Path:
-    """LABCTL_HOME for the session, under the namespace's 0755 work dir so QEMU can read guest disks.
-
-    Its cache is a link to a persistent directory so images and repositories survive between runs.
-    """
-    home = netns.workdir / "home"
-    home.mkdir(mode=0o755)
-    cache = Path(os.environ.get("LABCTL_E2E_CACHE") or DEFAULT_CACHE)
-    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (home / "cache").symlink_to(cache, target_is_directory=True)
-    return home
-
-
-@pytest.fixture(scope="session")
-def labctl(netns: LabNamespace, labctl_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """labctl(*args, timeout=, env=, check=): the installed console script, run inside the namespace."""
+def labctl(netns: LabNamespace) -> Labctl:
+    """labctl(*args, timeout=, env=, check=) -> CompletedProcess: the installed console script,
+    run inside the namespace with `--connect <the namespace's libvirtd>` and LABCTL_HOME set."""
     script = Path(sys.executable).parent / "labctl"
     if not script.exists():
         pytest.fail(f"{script} not found: install the project into this environment (pip install -e .)",
                     pytrace=False)
+    return Labctl(netns, script)
 
-    def run(*args: str, timeout: float = 3600, env: dict[str, str] | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-        return netns.run([script, "--connect", netns.uri, *args], timeout=timeout, check=check,
-                         env={"LABCTL_HOME": str(labctl_home), **(env or {})})
 
-    return run
+@pytest.fixture(scope="session")
+def labctl_home(labctl: Labctl) -> Path:
+    """The session's LABCTL_HOME (0755, under the namespace's work dir; cache is persistent)."""
+    return labctl.home

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "labctl-e2e-"
 WORK_ROOT = Path("/var/tmp")
+DEFAULT_CACHE = Path("/var/cache/labctl-e2e")
 REQUIRED_PROGRAMS = ("ip", "virtlogd", "libvirtd", "virsh", "qemu-system-x86_64", "qemu-img", "dnsmasq")
 # libvirt's per-host paths, each replaced by a directory of the run inside the daemons' mount namespace.
 PRIVATE_PATHS = {
@@ -297,6 +298,13 @@ class LabNamespace:
         """Environment for commands in the namespace: libvirt clients default to its libvirtd."""
         return {"LIBVIRT_DEFAULT_URI": self.uri, "PATH": _system_path()}
 
+    def command(self, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+        """argv prefixed to run inside the namespace; `ip netns exec` execs it, so the pid is argv's."""
+        return ["ip", "netns", "exec", self.name, *(os.fspath(a) for a in argv)]
+
+    def full_env(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {**os.environ, **self.env, **(env or {})}
+
     def run(
         self,
         argv: Sequence[str | os.PathLike[str]],
@@ -308,9 +316,8 @@ class LabNamespace:
     ) -> subprocess.CompletedProcess[str]:
         """Run argv inside the namespace with stdout and stderr captured; log both when it fails."""
         args = [os.fspath(a) for a in argv]
-        full_env = {**os.environ, **self.env, **(env or {})}
         try:
-            proc = subprocess.run(["ip", "netns", "exec", self.name, *args], env=full_env, input=input,
+            proc = subprocess.run(self.command(args), env=self.full_env(env), input=input,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             log.error("timed out after %s s in %s: %s\nstdout:\n%s\nstderr:\n%s", timeout, self.name,
@@ -336,6 +343,40 @@ class LabNamespace:
             text = log_file.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {log_file.name}\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def persistent_cache() -> Path:
+    """Where images and package repositories persist between runs: LABCTL_E2E_CACHE or DEFAULT_CACHE."""
+    return Path(os.environ.get("LABCTL_E2E_CACHE") or DEFAULT_CACHE)
+
+
+class Labctl:
+    """Runs the installed `labctl` console script inside a namespace against its libvirtd.
+
+    LABCTL_HOME is a 0755 directory in the namespace's work dir (the QEMU user must reach guest
+    disks), and its cache is a link to `persistent_cache()` so images are built once per machine.
+    """
+
+    def __init__(self, ns: LabNamespace, script: Path):
+        self.ns = ns
+        self.script = script
+        self.home = ns.workdir / "home"
+        self.home.mkdir(mode=0o755, exist_ok=True)
+        cache = persistent_cache()
+        cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not (self.home / "cache").is_symlink():
+            (self.home / "cache").symlink_to(cache, target_is_directory=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"LABCTL_HOME": str(self.home)}
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.script), "--connect", self.ns.uri, *args]
+
+    def __call__(self, *args: str, timeout: float | None = 3600, env: Mapping[str, str] | None = None,
+                 check: bool = False) -> subprocess.CompletedProcess[str]:
+        return self.ns.run(self.argv(*args), timeout=timeout, check=check, env={**self.env, **(env or {})})
 
 
 def _text(data: str | bytes | None) -> str:

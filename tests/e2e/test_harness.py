@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,3 +113,10 @@ def test_leftovers_of_a_killed_run_are_removed():
     assert pids, "the killed run left no daemons: nothing to clean up, the test proves nothing"
     assert name in harness.clean_stale()
     assert_run_is_gone(name, Path(workdir), pids)
+
+
+def test_labctl_runs_in_the_namespace_against_its_libvirtd(labctl, labctl_home):
+    result = labctl("status", "default", "--json", check=True)
+    assert {node["state"] for node in json.loads(result.stdout)} == {"absent"}
+    assert (labctl_home / "cache").resolve() == harness.persistent_cache().resolve()
+    assert labctl_home.stat().st_mode & 0o755 == 0o755
