@@ -228,7 +228,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         start = time.monotonic()
         for node in nodes:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                            "-b", str(args.image.resolve()), str(node.overlay)], check=True)
+                            "-b", str(args.image.resolve()), str(node.overlay), str(args.disk_bytes)], check=True)
             write_seed(node, public_key)
         net = conn.networkDefineXML(network_xml(nodes, network))
         try:
@@ -274,6 +274,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--memory-mib", type=int, default=2048)
     parser.add_argument("--vcpus", type=int, default=1)
+    parser.add_argument("--disk-bytes", type=int, default=8 * 2**30, help="virtual size of each overlay")
     parser.add_argument("--subnet", default="192.168.160.0/24", help="the baseline's NAT network")
     parser.add_argument("--timeout", type=float, default=900, help="seconds until every node must be ready")
     parser.add_argument("--connect", default=os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system"))
