@@ -178,7 +178,9 @@ def register(path: Path, name: str, *, source: Source, suite: str | None) -> Ima
     """Record a qcow2 already in the cache directory in index.json."""
     _check_name(name)
     info = _check_qcow2(path, str(path))
-    fields = {"source": source, "path": str(path), "virtual_size": int(info["virtual-size"]),
+    # Relative to the cache so a cache shared between homes (or moved) still resolves.
+    stored = path.relative_to(paths.images_dir()) if path.is_relative_to(paths.images_dir()) else path
+    fields = {"source": source, "path": str(stored), "virtual_size": int(info["virtual-size"]),
               "sha256": _digest(path, "sha256"), "suite": suite}
     with _index_lock():
         index = _load_index()
@@ -194,12 +196,12 @@ def remove(name: str) -> None:
         fields = index.pop(name, None)
         if fields is None:
             raise InvalidInput(f"image {name} is not in the local cache", resolution="see `labctl image list`")
-        Path(fields["path"]).unlink(missing_ok=True)
+        (paths.images_dir() / fields["path"]).unlink(missing_ok=True)
         _save_index(index)
 
 
 def _record(name: str, fields: dict) -> ImageRecord:
-    path = Path(fields["path"])
+    path = paths.images_dir() / fields["path"]
     present = path.is_file()
     return ImageRecord(name=name, source=fields["source"], path=path, size=path.stat().st_size if present else 0,
                        virtual_size=fields["virtual_size"], sha256=fields["sha256"] if present else "",

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from labctl import images
 
@@ -30,7 +30,7 @@ def list_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2))
         return
-    rows = Table("name", "source", "suite", "present", "size", "virtual", "sha256")
+    rows = Table(Column("name", no_wrap=True), "source", "suite", "present", "size", "virtual", "sha256")
     for r in records:
         rows.add_row(r.name, r.source, r.suite or "-", "yes" if r.present else "no", _mib(r.size),
                      _mib(r.virtual_size), r.sha256[:12] or "-")
