@@ -147,13 +147,18 @@ def index(repo: Path, *, suite: str, arch: str = "amd64") -> None:
 
 def _download(packages: Sequence[str], suite: str, arch: str, sources: Sequence[Source], work: Path) -> list[Path]:
     """Fetch the closure into work with apt isolated from the host's state; return the .deb files."""
-    for sub in ("etc/sources.list.d", "etc/preferences.d", "lists/partial", "archives/partial"):
+    for sub in ("etc/sources.list.d", "etc/preferences.d", "archives/partial"):
         (work / sub).mkdir(parents=True)
     (work / "status").touch()
-    (work / "etc/sources.list.d/guest.list").write_text("".join(f"{s.line()}\n" for s in sources))
+    source_lines = "".join(f"{s.line()}\n" for s in sources)
+    (work / "etc/sources.list.d/guest.list").write_text(source_lines)
+    # package lists are shared by every repository from the same sources: updating them is then a few
+    # If-Modified-Since requests instead of downloading megabytes of indexes
+    lists = paths.cache_dir() / "apt-lists" / hashlib.sha256(f"{arch}\n{source_lines}".encode()).hexdigest()[:16]
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
     options = {
         "Dir::State": work,
-        "Dir::State::lists": work / "lists",
+        "Dir::State::lists": lists,
         "Dir::State::status": work / "status",
         "Dir::Cache": work,
         "Dir::Cache::archives": work / "archives",
@@ -169,8 +174,9 @@ def _download(packages: Sequence[str], suite: str, arch: str, sources: Sequence[
         # root's apt downloads as _apt, which cannot enter the private dirs; it would warn and go on as root
         options["APT::Sandbox::User"] = "root"
     argv = ["apt-get", "-q", "-y"] + [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
-    runner.run([*argv, "update"], capture=True)
-    runner.run([*argv, "install", "--download-only", *packages], capture=True)
+    with _locked(lists.with_suffix(".lock")):
+        runner.run([*argv, "update"], capture=True)
+        runner.run([*argv, "install", "--download-only", *packages], capture=True)
     return sorted((work / "archives").glob("*.deb"))
 
 

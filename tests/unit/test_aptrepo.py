@@ -130,7 +130,19 @@ def test_serve_refuses_a_directory_that_is_no_repo(tmp_path):
             pass
 
 
-def test_build_repo_real_closure_of_hello():
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One labctl cache for the tests that talk to the archive, so apt's lists download once."""
+    return tmp_path_factory.mktemp("labctl-home")
+
+
+@pytest.fixture
+def archive_cache(shared_cache, monkeypatch):
+    monkeypatch.setenv("LABCTL_HOME", str(shared_cache))
+    return shared_cache
+
+
+def test_build_repo_real_closure_of_hello(archive_cache):
     """SLOW (a few seconds) and needs the host's apt to reach the Debian archive: fails, never skips."""
     first = aptrepo.build_repo(["hello"], suite="bookworm")
     names = {deb.name.split("_")[0] for deb in (first / "pool/main").glob("*.deb")}
@@ -144,8 +156,11 @@ def test_build_repo_real_closure_of_hello():
     assert "coreutils" not in names
 
 
-def test_build_repo_unknown_package_fails_clearly():
+def test_build_repo_unknown_package_fails_clearly(archive_cache):
+    repos = aptrepo.paths.cache_dir() / "repos"
+    before = sorted(repos.glob("*")) if repos.exists() else []
     with pytest.raises(CommandFailed, match="apt-get") as info:
         aptrepo.build_repo(["labctl-no-such-package"], suite="bookworm")
     assert "labctl-no-such-package" in str(info.value.details)
-    assert not list((aptrepo.paths.cache_dir() / "repos").glob("*/dists"))
+    assert [p for p in sorted(repos.glob("*")) if not p.name.endswith(".lock")] == \
+        [p for p in before if not p.name.endswith(".lock")]
