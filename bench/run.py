@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,10 @@ def main() -> int:
                         help="skip labctl; boot only the baseline guests from the cached image")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds any one step may take")
     args = parser.parse_args()
+    # Turn both into exceptions, even where a background launch ignores SIGINT, so the namespace
+    # and its guests are torn down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     results: dict = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
