@@ -25,9 +25,9 @@ def make_qcow2(path: Path, size: str = "64M") -> Path:
 
 
 @contextlib.contextmanager
-def http_server(directory: Path):
-    """A loopback HTTP server for directory; SimpleHTTPRequestHandler ignores Range, so no resume."""
-    handler = functools.partial(_Quiet, directory=str(directory))
+def http_server(directory: Path, handler_class=None):
+    """A loopback HTTP server for directory; the default handler ignores Range, so no resume."""
+    handler = functools.partial(handler_class or _Quiet, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -41,6 +41,25 @@ def http_server(directory: Path):
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+class _Ranged(_Quiet):
+    """Honours `Range: bytes=N-`, as the publishers' servers do; records the ranges asked for."""
+
+    ranges: list[str] = []
+
+    def do_GET(self):
+        asked = self.headers.get("Range")
+        if not asked:
+            return super().do_GET()
+        type(self).ranges.append(asked)
+        data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+        start = int(asked.removeprefix("bytes=").rstrip("-"))
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
 
 
 @pytest.fixture
@@ -109,6 +128,23 @@ def test_pull_restarts_a_partial_download_the_server_cannot_resume(published):
     part.write_bytes(b"garbage from an interrupted run")
     assert images.pull("fake-12", catalog={"fake-12": entry}).present
     assert not part.exists()
+
+
+def test_pull_resumes_a_partial_download(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    image = make_qcow2(site / "fake.qcow2")
+    data = image.read_bytes()
+    (site / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()} *fake.qcow2\n")
+    part = images.image_path("fake").with_name("fake.qcow2.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    _Ranged.ranges = []
+    with http_server(site, _Ranged) as base:
+        entry = images.CatalogEntry("fake", f"{base}/fake.qcow2", f"{base}/SHA256SUMS", "sha256", "noble")
+        record = images.pull("fake", catalog={"fake": entry})
+    assert _Ranged.ranges == ["bytes=1000-"]
+    assert record.path.read_bytes() == data and record.family == "ubuntu"
 
 
 def test_pull_unknown_name_is_invalid_input():
