@@ -92,7 +92,7 @@ def test_docker_settings_and_version_pin(tmp_path):
     lab = make_lab(provisioning={"docker": {"version": "20.10.24+dfsg1-1+b3", "log_max_size": "50m"}})
     steps, _ = rendered(lab, tmp_path)
     docker = steps["kube-worker"]["docker"]
-    assert docker.packages == ("docker.io=20.10.24+dfsg1-1+b3",)
+    assert docker.packages == ("docker.io=20.10.24+dfsg1-1+b3", "apparmor")
     assert "apt-mark hold docker.io" in docker.script
     assert "usermod -aG docker labctl" in docker.script
     daemon = decoded_writes(docker.script)["/etc/docker/daemon.json"]
@@ -102,8 +102,8 @@ def test_docker_settings_and_version_pin(tmp_path):
 def test_docker_ce_comes_from_dockers_repository(tmp_path):
     steps, _ = rendered(make_lab(provisioning={"docker": {"package": "docker-ce"}}), tmp_path)
     docker = steps["kube-worker"]["docker"]
-    assert docker.packages == ()
-    assert "apt_install docker-ce docker-ce-cli containerd.io" in docker.script
+    assert docker.packages == ("apparmor",)
+    assert "apt_install apparmor docker-ce docker-ce-cli containerd.io" in docker.script
     assert "https://download.docker.com/linux" in docker.script
 
 

@@ -206,7 +206,7 @@ def test_local_source_serves_every_steps_packages_only_while_steps_run(nodes, tm
 
     monkeypatch.setattr(packages_module, "local_repository", Serving)
     provision(lab, nodes, tmp_path)
-    assert served == [(("docker.io", "firewalld", "kmod", "procps"), "bookworm", "amd64"), "stopped"]
+    assert served == [(("apparmor", "docker.io", "firewalld", "kmod", "procps"), "bookworm", "amd64"), "stopped"]
     assert nodes["kube-worker"].steps_run[0] == "apt-source"
     served.clear()
     provision(lab, nodes, tmp_path)
