@@ -58,8 +58,9 @@ def test_up_status_ssh_and_down_leave_nothing(netns, labctl, labctl_home, lab_fi
         assert _ok(labctl("ssh", str(lab_file), node, "--", "hostname")).stdout.strip() == node
         others = [n for n in NODES if n != node]
         for other in others:
-            # Names resolve through the lab network's DNS, and the other node answers.
-            reach = labctl("ssh", str(lab_file), node, "--", "ping", "-c1", "-W5", other)
+            # The name resolves through the lab network's DNS, and the other node's sshd answers.
+            reach = labctl("ssh", str(lab_file), node, "--",
+                           f"getent hosts {other} && timeout 5 bash -c '</dev/tcp/{other}/22'")
             assert reach.returncode == 0, reach.stdout + reach.stderr
     assert labctl("ssh", str(lab_file), "kube-worker", "--", "false").returncode == 1
     assert labctl("ssh", str(lab_file), "kube-worker", "--", "sh", "-c", "exit 7").returncode == 7
