@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labctl import accel, images, names, paths, render
+from labctl import accel, hostfirewall, images, names, paths, render
 from labctl.errors import InvalidInput, LabctlError, NotOwned
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
@@ -122,6 +122,8 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
         pool = hv.ensure_pool(names.pool_name(lab), render.pool_xml(names.pool_name(lab), _pool_path(lab)),
                               _pool_path(lab))
         network = hv.ensure_network(names.network_name(lab), render.network_xml(lab), lab.network.subnet)
+        if hv.is_local:  # a remote host's firewalld is not ours to change
+            hostfirewall.allow_bridge(names.bridge_name(lab), paths.lab_dir(lab.name), reporter=reporter)
         waits = []
         for node in lab.nodes:
             dom, fresh = _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
@@ -241,7 +243,9 @@ def _statuses(hv: Hypervisor, lab: Lab) -> list[NodeStatus]:
 def down(lab: Lab, uri: str, *, reporter: Reporter) -> None:
     """Remove every domain, volume, pool and network labctl made for the lab, and its state."""
     refused: list[str] = []
+    state_dir = paths.lab_dir(lab.name)
     with Hypervisor(uri) as hv:
+        hostfirewall.undo(hostfirewall.recorded_change(state_dir), reporter=reporter)
         for dom in hv.lab_domains(lab.name):
             reporter.phase(dom.name(), "removing")
             hv.delete_domain(dom.name())
@@ -250,7 +254,7 @@ def down(lab: Lab, uri: str, *, reporter: Reporter) -> None:
                 delete(f"labctl-{lab.name}")
             except NotOwned as exc:
                 refused.append(str(exc))
-    shutil.rmtree(paths.lab_dir(lab.name), ignore_errors=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
     if refused:
         raise NotOwned("some objects with the lab's names were left alone", details="\n".join(refused))
 
