@@ -186,8 +186,9 @@ class LabNamespace:
     namespace and the work directory (kept when `keep_workdir`, e.g. to read guest console logs).
     """
 
-    def __init__(self, *, keep_workdir: bool = False, start_timeout: float = 60.0):
-        self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    def __init__(self, *, keep_workdir: bool = False, start_timeout: float = 60.0, name: str | None = None):
+        # A fixed name (the sandbox's) does not match PREFIX's pattern, so stale cleanup never takes it.
+        self.name = name or f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.workdir = WORK_ROOT / self.name
         self.uri = f"qemu:///system?socket={self.workdir / 'run' / 'libvirt-sock'}"
         self.keep_workdir = keep_workdir
@@ -215,6 +216,15 @@ class LabNamespace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @classmethod
+    def attach(cls, name: str) -> LabNamespace:
+        """The namespace of that name started earlier (by another process) and still running."""
+        ns = cls(name=name)
+        if name not in namespaces() or not ns._libvirtd_answers():
+            raise HarnessError(f"no running namespace {name} with a libvirtd")
+        ns._entered = True
+        return ns
 
     def close(self) -> None:
         if not self._entered:
