@@ -14,7 +14,7 @@ class Reporter:
     """Receives phase changes from concurrent workers; safe to call from any thread."""
 
     def __init__(self, console: Console | None = None, *, live: bool | None = None):
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._live_enabled = self.console.is_terminal if live is None else live
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[str, str, float]] = {}
