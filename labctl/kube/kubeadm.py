@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+from collections.abc import Iterator
 
 from labctl.errors import CommandFailed
 from labctl.kube import artifacts, compat, remote, render
 from labctl.kube.cluster import Control
 from labctl.lab import Lab, Node
 from labctl.progress import Reporter
+from labctl.provision import packages
 from labctl.transport import Executor
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
@@ -85,6 +88,32 @@ systemctl enable --now cri-docker.socket cri-docker.service
 """
 
 
+# Debian packages the install script takes from the lab's package source on every node.
+NODE_PACKAGES = ("conntrack", "socat", "ethtool", "iptables", "ca-certificates", "curl", "gpg")
+
+
+def node_packages(lab: Lab) -> list[str]:
+    return [*NODE_PACKAGES, "docker.io" if lab.kubernetes.runtime == "docker" else "containerd"]
+
+
+def apt_packages(lab: Lab) -> list[str]:
+    """Every Debian package the kubeadm path installs: the local repository's content (packages.source local)."""
+    extra = ["haproxy"] if len(render.masters(lab)) > 1 else []
+    return sorted({*node_packages(lab), *extra})
+
+
+@contextlib.contextmanager
+def package_source(lab: Lab, executor: Executor, reporter: Reporter) -> Iterator[None]:
+    """Serve the local repository while nodes install (provisioning's stops when provisioning ends)."""
+    if lab.packages.source != "local":
+        yield
+        return
+    codename, arch = remote.sh(executor, ". /etc/os-release && echo $VERSION_CODENAME $(dpkg --print-architecture)",
+                               sudo=False).stdout.split()
+    with packages.local_repository(lab, apt_packages(lab), suite=codename, arch=arch, reporter=reporter):
+        yield
+
+
 def package_version(version: str) -> str:
     """pkgs.k8s.io Debian package version of a release: v1.35.3 -> 1.35.3-1.1."""
     return f"{version.removeprefix('v')}-1.1"
@@ -99,7 +128,7 @@ def install_script(lab: Lab) -> str:
         "kubeadm-install.sh",
         staged=staged,
         runtime=kube.runtime,
-        runtime_packages="docker.io" if docker else "containerd",
+        packages=" ".join(node_packages(lab)),
         minor=compat.show(kube.minor),
         version=version,
         package_version=package_version(version),
@@ -205,7 +234,7 @@ def balancer(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     node = render.rancher_node(lab)
     assert node is not None
     reporter.phase(node.name, "kubeadm", "API load balancer (haproxy)")
-    remote.sh(executor, "DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy", timeout=900)
+    remote.sh(executor, "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy", timeout=900)
     executor.push(render.haproxy_config(lab).encode(), "/etc/haproxy/haproxy.cfg", sudo=True)
     remote.sh(executor, "systemctl restart haproxy && systemctl enable haproxy")
 
@@ -214,11 +243,12 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
     masters = render.masters(lab)
     first, extra_masters, workers = masters[0], masters[1:], render.workers(lab)
     nodes = [*masters, *workers]
-    if extra_masters:
-        rancher = render.rancher_node(lab)
-        assert rancher is not None
-        balancer(lab, executors[rancher.name], reporter)
-    remote.in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
+    with package_source(lab, executors[first.name], reporter):
+        if extra_masters:
+            rancher = render.rancher_node(lab)
+            assert rancher is not None
+            balancer(lab, executors[rancher.name], reporter)
+        remote.in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
     primary = executors[first.name]
     init(lab, primary, reporter)
     apply_cni(lab, primary, reporter)

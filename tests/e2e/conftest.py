@@ -13,6 +13,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,3 +74,12 @@ def labctl(netns: LabNamespace) -> Labctl:
 def labctl_home(labctl: Labctl) -> Path:
     """The session's LABCTL_HOME (0755, under the namespace's work dir; cache is persistent)."""
     return labctl.home
+
+
+@pytest.fixture(scope="session")
+def debian_image(labctl_home: Path) -> None:
+    """The base image, built on the host from Debian packages (cached by content hash)."""
+    script = Path(sys.executable).parent / "labctl"
+    proc = subprocess.run([script, "image", "build", "debian-12"], capture_output=True, text=True,
+                          env={**os.environ, "LABCTL_HOME": str(labctl_home)}, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,6 @@ import yaml
 
 LAB_NAME = "e2e-life"
 NODES = ("rancher-host", "kube-master", "kube-worker")
-
-
-@pytest.fixture(scope="session")
-def debian_image(labctl_home: Path) -> None:
-    """The base image, built on the host from Debian packages (cached by content hash)."""
-    script = Path(sys.executable).parent / "labctl"
-    proc = subprocess.run([script, "image", "build", "debian-12"], capture_output=True, text=True,
-                          env={**os.environ, "LABCTL_HOME": str(labctl_home)}, timeout=1800)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,138 @@
+"""kubelet double, run by systemd from the unit labctl installs.
+
+Checks its flags and --config as the kubelet does (KubeletConfiguration fields, a container
+runtime socket that exists, the cgroup driver containerd is set up for), runs the control plane's
+static pods from /etc/kubernetes/manifests (the API server double stands for kube-apiserver and
+etcd), trades the bootstrap token in --bootstrap-kubeconfig for a node credential written to
+--kubeconfig (TLS bootstrap), then heartbeats its node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from labctl.kube import schema
+
+from . import apiserver
+from .common import APIError, Kubeconfig, api, behaviour, die, kubeconfig_text, parse_flags, record, write
+
+MANIFESTS = Path("/etc/kubernetes/manifests")
+STATIC_PODS = Path("/run/labctl-doubles/static-pods.json")
+CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
+
+
+def socket_path(endpoint: str) -> Path:
+    return Path(endpoint.removeprefix("unix://"))
+
+
+def check_config(path: str) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        die("kubelet", f'E0000 run.go: "command failed" err="failed to load kubelet config file, path: {path}, error: {exc}"')
+    problems = schema.unknown_fields(config)
+    if problems or config.get("kind") != "KubeletConfiguration":
+        die("kubelet", f"failed to load kubelet config file {path}: " + "; ".join(problems or ["not a KubeletConfiguration"]))
+    return config
+
+
+def check_runtime(endpoint: str, config: dict) -> None:
+    path = socket_path(endpoint)
+    try:
+        is_socket = stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        die("kubelet", f'validate service connection: validate CRI v1 runtime API for endpoint "{endpoint}": '
+                       f'dial unix {path}: connect: no such file or directory')
+    if "containerd" in str(path) and CONTAINERD_CONFIG.exists():
+        systemd_cgroups = "SystemdCgroup = true" in CONTAINERD_CONFIG.read_text()
+        if systemd_cgroups != (config.get("cgroupDriver") == "systemd"):
+            die("kubelet", f"cgroup driver {config.get('cgroupDriver', 'cgroupfs')!r} differs from containerd's "
+                           f"(SystemdCgroup = {str(systemd_cgroups).lower()} in {CONTAINERD_CONFIG})")
+
+
+def container_args(manifest: Path) -> dict[str, str]:
+    pod = yaml.safe_load(manifest.read_text())
+    command = pod["spec"]["containers"][0]["command"]
+    flags, _ = parse_flags(command[1:])
+    return flags
+
+
+class StaticPods:
+    """The API server double runs while kube-apiserver.yaml and etcd.yaml are in the manifests dir."""
+
+    def __init__(self) -> None:
+        self.server: apiserver.Server | None = None
+        self.running: dict[str, str] = {}
+
+    def sync(self) -> None:
+        wanted = (MANIFESTS / "kube-apiserver.yaml").exists() and (MANIFESTS / "etcd.yaml").exists()
+        if wanted and self.server is None:
+            api_args = container_args(MANIFESTS / "kube-apiserver.yaml")
+            etcd_args = container_args(MANIFESTS / "etcd.yaml")
+            try:
+                self.server = apiserver.Server(api_args["advertise-address"], int(api_args["secure-port"]),
+                                               etcd_args["data-dir"])
+            except (OSError, KeyError, ValueError) as exc:
+                print(f"static pod kube-apiserver failed to start: {exc}", file=sys.stderr, flush=True)
+                return
+            self.server.start()
+            self.running = {name: hashlib.sha256(f"{name}{time.time()}".encode()).hexdigest()[:13]
+                            for name in ("etcd", "kube-apiserver")}
+            self.running["data-dir"] = etcd_args["data-dir"]
+        elif not wanted and self.server is not None:
+            self.server.stop()
+            self.server, self.running = None, {}
+        write(STATIC_PODS, json.dumps({"kubelet_pid": os.getpid(), "pods": self.running}))
+
+
+def obtain_credential(name: str, kubeconfig: str, bootstrap: str | None) -> Kubeconfig | None:
+    if Path(kubeconfig).exists():
+        return Kubeconfig(kubeconfig)
+    if bootstrap is None or not Path(bootstrap).exists():
+        return None
+    bootstrap_config = Kubeconfig(bootstrap)
+    answer = api(bootstrap_config.server, "POST", "/bootstrap", {"token": bootstrap_config.credential, "node": name})
+    write(kubeconfig, kubeconfig_text("default-cluster", bootstrap_config.server, bootstrap_config.ca_pem,
+                                      f"system:node:{name}", answer["credential"]), mode=0o600)
+    record("kubelet", event="tls-bootstrap", node=name, token=bootstrap_config.credential)
+    return Kubeconfig(kubeconfig)
+
+
+def main(argv: list[str]) -> None:
+    flags, _ = parse_flags(argv)
+    record("kubelet", flags=flags)
+    if "config" not in flags or "kubeconfig" not in flags:
+        die("kubelet", "this kubelet double runs as kubeadm configures it: --config and --kubeconfig are required")
+    config = check_config(flags["config"])
+    endpoint = flags.get("container-runtime-endpoint") or config.get("containerRuntimeEndpoint") \
+        or "unix:///run/containerd/containerd.sock"
+    check_runtime(endpoint, config)
+    name = flags.get("hostname-override") or socket.gethostname()
+    address = flags.get("node-ip") or socket.gethostbyname(name)
+    pods = StaticPods()
+    credential: Kubeconfig | None = None
+    while True:
+        pods.sync()
+        try:
+            credential = credential or obtain_credential(name, flags["kubeconfig"], flags.get("bootstrap-kubeconfig"))
+            if credential is not None:
+                api(credential.server, "PUT", f"/nodes/{name}", {
+                    "address": address, "kubelet_version": behaviour().get("version", ""),
+                    "max_pods": config.get("maxPods", 110), "runtime": endpoint,
+                }, credential=credential.credential)
+        except (OSError, APIError) as exc:
+            print(f"node status update failed: {exc}", file=sys.stderr, flush=True)
+            if isinstance(exc, APIError) and exc.status in (401, 403):
+                credential = None
+        time.sleep(5)

@@ -1,0 +1,236 @@
+"""Issue: Kubernetes. `labctl up` bootstraps kubeadm, then RKE, on real guests through the air-gapped
+artifacts path, with test doubles (tests/doubles) in place of the Kubernetes binaries.
+
+One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
+kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
+the SSH mesh) and its snapshot; down. Packages come from the local repository labctl serves
+(guests have no route out); it is built on the host beforehand, as in test_provision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labctl import aptrepo
+from labctl.keys import ensure_keys
+from labctl.kube import compat, kubeadm
+from labctl.lab import load_lab
+from labctl.provision.run import lab_packages
+from tests.doubles import build
+
+LAB_NAME = "e2e-kube"
+SUBNET = "192.168.152"
+NODES = ("rancher-host", "kube-master", "kube-worker")
+MASTER_IP, WORKER_IP = f"{SUBNET}.12", f"{SUBNET}.13"
+KUBEADM_VERSION = "v1.35.3"
+# The course's kubeadm settings (inventories/kubeadm-lab.yaml): the doubles check each one arrives.
+KUBEADM = {
+    "distro": "kubeadm", "version": KUBEADM_VERSION, "cluster_name": "tk8s", "dns_domain": "tk8s.k8s",
+    "pod_subnet": "10.244.0.0/21", "service_subnet": "10.98.0.0/24", "node_cidr_mask_size": 25,
+    "kube_proxy_mode": "nftables",
+    "kubelet": {"max_pods": 80, "container_log_max_size": "1Mi", "container_log_max_files": 3},
+    "ready_timeout": 600,
+}
+RKE = {"distro": "rke", "version": compat.DEFAULT_VERSIONS["rke"], "rke_version": compat.RKE_DEFAULT_RELEASE,
+       "pod_subnet": "10.42.0.0/16", "ready_timeout": 600}
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def write_lab(path: Path, kubernetes: dict) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": LAB_NAME,
+        "ssh_user": "labctl",
+        "network": {"subnet": f"{SUBNET}.0/24", "domain": "lab.test"},
+        "defaults": {"image": "debian-12", "vcpus": 1, "memory": "1GiB", "disk": "4GiB"},
+        "nodes": [{"name": "rancher-host", "roles": ["rancher"]},
+                  {"name": "kube-master", "roles": ["master", "etcd"], "memory": "2GiB"},
+                  {"name": "kube-worker", "roles": ["worker"]}],
+        "packages": {"source": "local"},
+        "kubernetes": kubernetes,
+    }))
+    return path
+
+
+def on(labctl, lab_file: Path, node: str, command: str) -> str:
+    return _ok(labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)).stdout
+
+
+def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = False) -> list[dict]:
+    """The JSON lines a double logged on a node: root's calls under /var/log, a user's under ~."""
+    path = f"~/.labctl-doubles/log/{tool}.log" if user else f"/var/log/labctl-doubles/{tool}.log"
+    text = on(labctl, lab_file, node, f"sudo cat {path}" if not user else f"cat {path}")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def lab_file(labctl_home: Path) -> Path:
+    return write_lab(labctl_home / f"{LAB_NAME}.yaml", {**KUBEADM, "artifacts": str(labctl_home / "artifacts-kubeadm")})
+
+
+@pytest.fixture(scope="module")
+def local_repos(lab_file: Path, labctl_home: Path, monkeypatch_module) -> None:
+    """Provisioning's and kubeadm's repositories, built from the host's apt into the shared cache."""
+    monkeypatch_module.setenv("LABCTL_HOME", str(labctl_home))
+    lab, _ = load_lab(lab_file)
+    keys = ensure_keys(lab, labctl_home / "scratch-keys")
+    aptrepo.build_repo(lab_packages(lab, keys), suite="bookworm", arch="amd64")
+    aptrepo.build_repo(kubeadm.apt_packages(lab), suite="bookworm", arch="amd64")
+
+
+@pytest.fixture(scope="module")
+def kubeadm_lab(netns, labctl, labctl_home, lab_file, debian_image, local_repos):
+    build.kubeadm_artifacts(labctl_home / "artifacts-kubeadm", KUBEADM_VERSION)
+    start = time.monotonic()
+    up = labctl("up", str(lab_file), timeout=3600)
+    seconds = time.monotonic() - start
+    print(f"\nkubeadm lab: labctl up took {seconds:.0f} s")
+    try:
+        yield _ok(up)
+    finally:
+        down = labctl("down", str(lab_file), timeout=600)
+        assert down.returncode == 0, down.stderr
+        assert [d for d in netns.virsh("list", "--all", "--name").stdout.split() if LAB_NAME in d] == []
+        assert [n for n in netns.virsh("net-list", "--all", "--name").stdout.split() if LAB_NAME in n] == []
+        assert not (labctl_home / "labs" / LAB_NAME).exists()
+        assert not (labctl_home / "storage" / LAB_NAME).exists()
+
+
+def test_kubeadm_join_uses_the_token_the_cluster_issued(labctl, lab_file, kubeadm_lab):
+    master = double_log(labctl, lab_file, "kube-master", "kubeadm")
+    init = [e for e in master if e.get("command") == "init"]
+    created = [e for e in master if e.get("command") == "token create"]
+    assert len(init) == 1 and len(created) == 1, master
+    joins = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("command") == "join"]
+    assert len(joins) == 1
+    join = joins[0]
+    # labctl read the join command from the cluster: a token the API issued, the CA hash init made.
+    assert join["token"] == created[0]["token"] != init[0]["token"]
+    assert join["ca_hashes"] == [init[0]["ca_hash"]]
+    assert join["endpoint"] == f"{MASTER_IP}:6443"
+    bootstrap = [e for e in double_log(labctl, lab_file, "kube-worker", "kubelet") if e.get("event") == "tls-bootstrap"]
+    assert [e["token"] for e in bootstrap] == [join["token"]]
+
+
+def test_kubeadm_config_carries_the_lab_settings(labctl, lab_file, kubeadm_lab):
+    init, = [e for e in double_log(labctl, lab_file, "kube-master", "kubeadm") if e.get("command") == "init"]
+    docs = init["documents"]
+    assert docs["InitConfiguration"]["apiVersion"] == "kubeadm.k8s.io/v1beta4"
+    assert docs["InitConfiguration"]["localAPIEndpoint"] == {"advertiseAddress": MASTER_IP, "bindPort": 6443}
+    assert docs["ClusterConfiguration"]["networking"] == {
+        "dnsDomain": "tk8s.k8s", "podSubnet": "10.244.0.0/21", "serviceSubnet": "10.98.0.0/24"}
+    assert docs["ClusterConfiguration"]["clusterName"] == "tk8s"
+    assert docs["KubeProxyConfiguration"]["mode"] == "nftables"
+    kubelet = docs["KubeletConfiguration"]
+    assert (kubelet["maxPods"], kubelet["containerLogMaxSize"], kubelet["containerLogMaxFiles"]) == (80, "1Mi", 3)
+    # The worker's kubelet runs with the cluster's kubelet config, fetched when it joined.
+    worker_config = yaml.safe_load(on(labctl, lab_file, "kube-worker", "sudo cat /var/lib/kubelet/config.yaml"))
+    assert worker_config["maxPods"] == 80 and worker_config["clusterDomain"] == "tk8s.k8s"
+    assert worker_config["clusterDNS"] == ["10.98.0.10"]
+
+
+def test_nodes_ready_are_the_kubelets_that_registered(labctl, lab_file, kubeadm_lab):
+    nodes = json.loads(on(labctl, lab_file, "kube-master",
+                          "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json"))["items"]
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    assert set(by_name) == {"kube-master", "kube-worker"}
+    for name, ip in (("kube-master", MASTER_IP), ("kube-worker", WORKER_IP)):
+        assert by_name[name]["status"]["conditions"][0]["status"] == "True", by_name[name]
+        # The heartbeat came from the node itself, over the lab network.
+        assert by_name[name]["labctlDouble"]["peer"] == ip
+        assert by_name[name]["status"]["addresses"][0]["address"] == ip
+    assert "node-role.kubernetes.io/control-plane" in by_name["kube-master"]["metadata"]["labels"]
+    assert "kube-master" in kubeadm_lab.stdout + kubeadm_lab.stderr
+    applied = double_log(labctl, lab_file, "kube-master", "kubectl")
+    assert any(e.get("command") == "apply" and "DaemonSet/canal" in e["kinds"] for e in applied), applied
+
+
+def test_kubeconfig_points_at_the_master(labctl, labctl_home, lab_file, kubeadm_lab):
+    text = _ok(labctl("kubeconfig", str(lab_file))).stdout
+    config = yaml.safe_load(text)
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
+    admin = yaml.safe_load(on(labctl, lab_file, "kube-master", "sudo cat /etc/kubernetes/admin.conf"))
+    assert config["users"] == admin["users"]
+    target = labctl_home / "kube" / "config"
+    target.parent.mkdir(exist_ok=True)
+    _ok(labctl("kubeconfig", str(lab_file), "-o", str(target)))
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert yaml.safe_load(target.read_text()) == config
+
+
+def test_etcd_snapshot_save_and_list(labctl, lab_file, kubeadm_lab):
+    saved = _ok(labctl("etcd", "snapshot", "save", str(lab_file), "before-change", timeout=600))
+    assert "Snapshot saved at /var/lib/etcd/before-change.db" in saved.stdout
+    listing = _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+    assert "before-change.db" in listing
+    snapshot = json.loads(on(labctl, lab_file, "kube-master", "sudo cat /var/lib/labctl/etcd-snapshots/before-change.db"))
+    assert snapshot["nodes"] == ["kube-master", "kube-worker"]
+    assert snapshot["etcd-snapshot-of"]["pod_subnet"] == "10.244.0.0/21"
+
+
+def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_file, kubeadm_lab):
+    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    resets = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("command") == "reset"]
+    assert len(resets) == 1
+    assert labctl("kubeconfig", str(lab_file)).returncode != 0
+    failing = build.kubeadm_artifacts(labctl_home / "artifacts-failing", KUBEADM_VERSION, fail="init")
+    write_lab(lab_file, {**KUBEADM, "artifacts": str(failing)})
+    up = labctl("up", str(lab_file), timeout=3600)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "kube-master: `kubeadm init --config /etc/labctl/kubeadm.yaml` exited with status 1" in up.stderr, up.stderr
+    assert "[ERROR LabctlDouble]" in up.stderr
+    assert "kubeconfig:" not in up.stdout + up.stderr
+    assert labctl("kubeconfig", str(lab_file)).returncode != 0
+
+
+@pytest.fixture(scope="module")
+def rke_lab(labctl, labctl_home, lab_file, kubeadm_lab):
+    """The same VMs, Kubernetes reset, the lab file switched to RKE."""
+    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    artifacts = build.rke_artifacts(labctl_home / "artifacts-rke", RKE["rke_version"])
+    write_lab(lab_file, {**RKE, "artifacts": str(artifacts)})
+    start = time.monotonic()
+    up = _ok(labctl("up", str(lab_file), timeout=3600))
+    print(f"\nRKE lab: labctl up took {time.monotonic() - start:.0f} s")
+    return up
+
+
+def test_rke_up_reaches_every_node_over_the_ssh_mesh(labctl, lab_file, rke_lab):
+    assert "RKE1 reached end of life" in rke_lab.stderr
+    log = double_log(labctl, lab_file, "rancher-host", "rke", user=True)
+    up, = [e for e in log if e.get("command") == "up"]
+    assert up["ssh_key_path"] == "/home/labctl/.ssh/labctl_rke_ed25519"
+    assert {(n["address"], n["user"]) for n in up["reached"]} == {(MASTER_IP, "labctl"), (WORKER_IP, "labctl")}
+    assert all(n["docker"] for n in up["reached"])
+    workdir = on(labctl, lab_file, "rancher-host", "ls ~/labctl-rke").split()
+    assert {"cluster.yml", "cluster.rkestate", "kube_config_cluster.yml"} <= set(workdir)
+    nodes = json.loads(on(labctl, lab_file, "rancher-host",
+                          "kubectl --kubeconfig ~/labctl-rke/kube_config_cluster.yml get nodes -o json"))["items"]
+    peers = {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes}
+    assert peers == {"kube-master": MASTER_IP, "kube-worker": WORKER_IP}
+    assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
+    config = yaml.safe_load(_ok(labctl("kubeconfig", str(lab_file))).stdout)
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
+
+
+def test_rke_etcd_snapshot(labctl, lab_file, rke_lab):
+    _ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke-before", timeout=600))
+    assert "rke-before.zip" in _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
