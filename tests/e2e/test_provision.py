@@ -128,9 +128,13 @@ def test_hosts_hostname_swap_and_sysctls(labctl, lab_file, provisioned):
             assert f"192.168.151.{octet} {other}.lab.test {other}\n" in hosts, (node, hosts)
         assert _ok(on(labctl, lab_file, node, "hostname -f")).stdout.strip() == f"{node}.lab.test"
     for node in ("kube-master", "kube-worker"):
-        assert _ok(on(labctl, lab_file, node, "swapon --show --noheadings")).stdout.strip() == ""
-        sysctls = _ok(on(labctl, lab_file, node, "sysctl -n net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables"))
+        # /proc, not swapon/sysctl: those live in sbin, off the SSH user's PATH.
+        swaps = _ok(on(labctl, lab_file, node, "tail -n +2 /proc/swaps")).stdout
+        assert swaps.strip() == "", swaps
+        sysctls = _ok(on(labctl, lab_file, node, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables"))
         assert sysctls.stdout.split() == ["1", "1"]
+        fstab = _ok(on(labctl, lab_file, node, "cat /etc/fstab")).stdout
+        assert all(line.startswith("#") or " swap " not in line for line in fstab.splitlines()), fstab
 
 
 def test_second_run_skips_every_step_in_seconds(labctl, lab_file, provisioned):
