@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labctl import accel, hostfirewall, images, names, paths, render
+from labctl import accel, aptrepo, hostfirewall, images, names, paths, render
 from labctl.errors import InvalidInput, LabctlError, NotOwned
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
@@ -17,7 +17,8 @@ from labctl.kube.checks import check_lab as check_kubernetes
 from labctl.lab import Accel, Lab, Node, load_lab
 from labctl.provision.packages import check_source as check_package_source
 from labctl.provision.ports import check_node_ports as check_ports
-from labctl.provision.run import ProvisionSummary, run_playbooks
+from labctl.kube import kubeadm
+from labctl.provision.run import ProvisionSummary, lab_packages, run_playbooks
 from labctl.progress import Reporter
 from labctl.ready import NodeWait, probe_quick
 from labctl.transport import Result, SSHExecutor
@@ -216,6 +217,27 @@ def _run_all(tasks, what: str) -> None:
             f"{len(errors)} nodes failed to {what}",
             details="\n\n".join(str(e) for e in errors),
         )
+
+
+def build_package_repos(lab: Lab) -> list[Path]:
+    """Build on the host, now, the local apt repositories `up` will serve (packages.source local).
+
+    `up` builds them itself when missing; doing it beforehand lets `up` run where the host
+    cannot reach the archive at that moment (an isolated namespace, a train).
+    """
+    if lab.packages.source != "local":
+        return []
+    suites = {images.resolve(node.image).suite for node in lab.nodes}
+    if len(suites) != 1 or None in suites:
+        raise InvalidInput(
+            f"packages.source local needs every node on one known release; the images give {sorted(map(str, suites))}",
+            resolution="give every node the same catalog or built image, or use packages.source mirror or distro",
+        )
+    suite = suites.pop()
+    package_sets = [lab_packages(lab, lab_keys(lab))]
+    if lab.kubernetes.distro == "kubeadm":
+        package_sets.append(kubeadm.apt_packages(lab))
+    return [aptrepo.build_repo(packages, suite=suite, arch="amd64") for packages in package_sets]
 
 
 # ---- status, down, render, ssh ------------------------------------------------------------------

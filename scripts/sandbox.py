@@ -35,16 +35,17 @@ def _namespace(create: bool) -> LabNamespace:
     return LabNamespace(name=NAME).__enter__()
 
 
-def _host_build(labctl: Labctl) -> None:
-    """The base image is built on the host: apt there reaches the Debian archive."""
-    subprocess.run([LABCTL, "image", "build", "debian-12"], check=True,
-                   env={**os.environ, **labctl.env})
+def _host_build(labctl: Labctl, lab: str) -> None:
+    """The base image and package repositories are built on the host: apt there reaches the archive."""
+    env = {**os.environ, **labctl.env}
+    subprocess.run([LABCTL, "image", "build", "debian-12"], check=True, env=env)
+    subprocess.run([LABCTL, "repo-build", lab], check=True, env=env)
 
 
 def up(lab: str) -> int:
     ns = _namespace(create=True)
     labctl = Labctl(ns, LABCTL)
-    _host_build(labctl)
+    _host_build(labctl, lab)
     return _interactive(ns, labctl.argv("up", lab), labctl.env)
 
 

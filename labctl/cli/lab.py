@@ -108,4 +108,16 @@ def render(lab: str, out: Path, accel: str | None) -> None:
         click.echo(path)
 
 
-COMMANDS = [up, down, status, ssh, render]
+@click.command("repo-build")
+@lab_argument
+def repo_build(lab: str) -> None:
+    """Build the lab's local apt repositories on the host now (packages.source: local)."""
+    model = api.load(lab)
+    repos = api.build_package_repos(model)
+    if not repos:
+        click.echo(f"lab {model.name} uses packages.source {model.packages.source}: nothing to build")
+    for repo in repos:
+        click.echo(repo)
+
+
+COMMANDS = [up, down, status, ssh, render, repo_build]
