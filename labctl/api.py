@@ -125,17 +125,27 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
         network = hv.ensure_network(names.network_name(lab), render.network_xml(lab), lab.network.subnet)
         if hv.is_local:  # a remote host's firewalld is not ours to change
             hostfirewall.allow_bridge(names.bridge_name(lab), paths.lab_dir(lab.name), reporter=reporter)
+        domains = {node.name: _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
+                   for node in lab.nodes}
+        ssh = {node.name: executor(lab, node, keys) for node in lab.nodes}
+
+        def already_up(node: Node) -> bool:
+            dom, fresh = domains[node.name]
+            return (not fresh and state.get("ready", {}).get(node.name, False) and dom.isActive()
+                    and probe_quick(ssh[node.name]))
+
+        with ThreadPoolExecutor(max_workers=len(lab.nodes)) as probes:
+            up_now = dict(zip([n.name for n in lab.nodes], probes.map(already_up, lab.nodes)))
         waits = []
         for node in lab.nodes:
-            dom, fresh = _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
-            ssh = executor(lab, node, keys)
-            if not fresh and state.get("ready", {}).get(node.name) and dom.isActive() and probe_quick(ssh):
-                ssh.close()
+            dom, _ = domains[node.name]
+            if up_now[node.name]:
+                ssh[node.name].close()
                 reporter.phase(node.name, "ready", "already up")
                 continue
             hv.start_domain(dom)
             reporter.phase(node.name, "boot", choice.domain_type)
-            waits.append(NodeWait(hv, network, dom, node.name, node.mac, ssh, console_log(lab, node),
+            waits.append(NodeWait(hv, network, dom, node.name, node.mac, ssh[node.name], console_log(lab, node),
                                   reporter, lab.timeouts.ready))
         try:
             _run_all([w.run for w in waits], "start")
