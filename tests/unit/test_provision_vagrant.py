@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (Debian: apt-get install vagrant)")
 @pytest.mark.parametrize("lab", ["inventories/default.yaml", "inventories/rancher-lab.yaml"])
 def test_vagrant_validate(lab, tmp_path):
     env = {**os.environ, "LAB": lab, "VAGRANT_HOME": str(tmp_path / "vagrant"),
