@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labctl import accel, aptrepo, hostfirewall, images, names, paths, render
-from labctl.errors import InvalidInput, LabctlError, NotOwned
+from labctl.errors import InvalidInput, NotOwned
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
 from labctl.kube.bootstrap import Outcome, bootstrap
 from labctl.kube.checks import check_lab as check_kubernetes
 from labctl.lab import Accel, Lab, Node, load_lab
+from labctl.parallel import in_parallel
 from labctl.provision.packages import check_source as check_package_source
 from labctl.provision.ports import check_node_ports as check_ports
 from labctl.kube import kubeadm
@@ -134,8 +134,7 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
             return (not fresh and state.get("ready", {}).get(node.name, False) and dom.isActive()
                     and probe_quick(ssh[node.name]))
 
-        with ThreadPoolExecutor(max_workers=len(lab.nodes)) as probes:
-            up_now = dict(zip([n.name for n in lab.nodes], probes.map(already_up, lab.nodes)))
+        up_now = dict(zip([n.name for n in lab.nodes], in_parallel(lab.nodes, already_up, "probing")))
         waits = []
         for node in lab.nodes:
             dom, _ = domains[node.name]
@@ -148,7 +147,7 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
             waits.append(NodeWait(hv, network, dom, node.name, node.mac, ssh[node.name], console_log(lab, node),
                                   reporter, lab.timeouts.ready))
         try:
-            _run_all([w.run for w in waits], "start")
+            in_parallel(waits, NodeWait.run, "starting")
         finally:
             for wait in waits:
                 wait.executor.close()
@@ -211,22 +210,6 @@ class _BytesSource:
         chunk = self._data[self._offset:self._offset + size]
         self._offset += len(chunk)
         return bytes(chunk)
-
-
-def _run_all(tasks, what: str) -> None:
-    """Run tasks in parallel; raise the first failure after all have ended, naming every one."""
-    if not tasks:
-        return
-    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise LabctlError(
-            f"{len(errors)} nodes failed to {what}",
-            details="\n\n".join(str(e) for e in errors),
-        )
 
 
 def build_package_repos(lab: Lab) -> list[Path]:

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Iterator
 
 from labctl.errors import CommandFailed
+from labctl.parallel import in_parallel
 from labctl.kube import artifacts, compat, remote, render
 from labctl.kube.cluster import Control
 from labctl.lab import Lab, Node
@@ -248,12 +249,12 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
             rancher = render.rancher_node(lab)
             assert rancher is not None
             balancer(lab, executors[rancher.name], reporter)
-        remote.in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
+        in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
     primary = executors[first.name]
     init(lab, primary, reporter)
     apply_cni(lab, primary, reporter)
     info = join_info(lab, primary)
     for node in extra_masters:  # one at a time: each grows etcd by a member
         join(lab, node, executors[node.name], info, reporter)
-    remote.in_parallel(workers, lambda n: join(lab, n, executors[n.name], info, reporter), "kubeadm join")
+    in_parallel(workers, lambda n: join(lab, n, executors[n.name], info, reporter), "kubeadm join")
     return admin_control(lab)

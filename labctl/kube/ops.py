@@ -9,7 +9,8 @@ import yaml
 
 from labctl.errors import InvalidInput, LabctlError
 from labctl.kube import cluster, rancher, render, rke
-from labctl.kube.remote import in_parallel, run_script, sh
+from labctl.kube.remote import run_script, sh
+from labctl.parallel import in_parallel
 from labctl.lab import Lab
 from labctl.progress import Reporter
 from labctl.transport import Executor

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from labctl.errors import CommandFailed, LabctlError
+from labctl.errors import CommandFailed
 from labctl.transport import Executor, Result
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent.parent / "playbooks" / "kube"
@@ -18,7 +16,6 @@ STAGE_DIR = "/var/lib/labctl/artifacts"
 
 _env = Environment(loader=FileSystemLoader(SCRIPTS_DIR), undefined=StrictUndefined, keep_trailing_newline=True)
 
-T = TypeVar("T")
 
 
 def script(name: str, **values) -> str:
@@ -59,27 +56,6 @@ def stage(executor: Executor, local_dir: Path, files: Iterable[Path], remote_dir
         target = f"{remote_dir}/{relative.as_posix()}"
         sh(executor, f"mkdir -p {target.rsplit('/', 1)[0]}")
         push_file(executor, local_dir / relative, target, mode=0o755 if "bin" in relative.parts else 0o644)
-
-
-def in_parallel(items: Iterable[T], action: Callable[[T], object], what: str) -> None:
-    """Run action on every item at once; wait for all, then raise one error naming each failure."""
-    items = list(items)
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        futures = [(item, pool.submit(action, item)) for item in items]
-        failures = []
-        for item, future in futures:
-            error = future.exception()
-            if error is not None:
-                failures.append((item, error))
-    if len(failures) == 1:
-        raise failures[0][1]
-    if failures:
-        raise LabctlError(
-            f"{what} failed on {len(failures)} nodes",
-            details="\n\n".join(str(error) for _, error in failures),
-        )
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 10.0) -> bool:

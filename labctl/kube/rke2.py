@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from labctl.errors import CommandFailed
+from labctl.parallel import in_parallel
 from labctl.kube import artifacts, remote, render
 from labctl.kube.cluster import Control
 from labctl.lab import Lab, Node
@@ -58,13 +59,13 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
         install(node, executors[node.name], reporter, version=kube.pinned_version,
                 server=node in masters, artifacts_root=kube.artifacts)
 
-    remote.in_parallel([*masters, *workers], setup, "installing RKE2")
+    in_parallel([*masters, *workers], setup, "installing RKE2")
     start(first, executors[first.name], render.rke2_config(lab, first), reporter, server=True)
     token = read_token(executors[first.name])
     url = f"https://{first.ip}:{render.RKE2_SUPERVISOR_PORT}"
     for node in extra_masters:  # one at a time, as RKE2's HA instructions require
         start(node, executors[node.name], render.rke2_config(lab, node, server_url=url, token=token), reporter, server=True)
-    remote.in_parallel(
+    in_parallel(
         workers,
         lambda n: start(n, executors[n.name], render.rke2_config(lab, n, server_url=url, token=token), reporter,
                         server=False),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.errors import InvalidInput, LabctlError
 from labctl.keys import LabKeys, ensure_keys
 from labctl.lab import Lab
+from labctl.parallel import in_parallel
 from labctl.progress import Reporter
 from labctl.provision import packages, ports
 from labctl.provision.playbook import PLAYBOOKS_DIR, RenderedStep, load_playbook, render_steps
@@ -59,7 +59,8 @@ def run_playbooks(
     plans = {name: [s for s in steps if only_step in (None, s.name)] for name, steps in rendered.items()}
     plans = {name: steps for name, steps in plans.items() if steps}
 
-    facts = _parallel({name: (lambda ex=executors[name]: probe(ex, wait=retry_wait)) for name in plans})
+    facts = dict(zip(plans, in_parallel(plans, lambda name: probe(executors[name], wait=retry_wait),
+                                        "reading the provisioning state")))
     runs = {
         name: NodeRun(executors[name], steps, facts[name].markers, reporter=reporter, log_dir=state_dir / "logs",
                       force=force, attempts=lab.provisioning.retries,
@@ -101,15 +102,3 @@ def lab_packages(lab: Lab, keys: LabKeys, *, playbook_dir: Path = PLAYBOOKS_DIR)
 
 def _packages_of(plans: Mapping[str, list[RenderedStep]]) -> list[str]:
     return sorted({p for steps in plans.values() for s in steps for p in s.packages})
-
-
-def _parallel(tasks: Mapping[str, Callable]) -> dict:
-    if not tasks:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
-        futures = {name: pool.submit(task) for name, task in tasks.items()}
-    errors = [f"{name}: {f.exception()}" for name, f in futures.items() if f.exception() is not None]
-    if errors:
-        raise LabctlError("could not reach every node to read its provisioning state", details="\n".join(errors),
-                          resolution="check that the lab is up: `labctl status LAB`")
-    return {name: f.result() for name, f in futures.items()}

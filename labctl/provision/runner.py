@@ -11,7 +11,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from labctl.errors import LabctlError
+from labctl.parallel import in_parallel
 from labctl.progress import Reporter
 from labctl.provision.playbook import MARKER_DIR, RenderedStep
 from labctl.transport import Executor, Result, SSHUnreachable
@@ -195,23 +195,4 @@ def _log(path: Path, attempt: int, result: Result | None, note: str = "") -> Non
 
 def run_nodes(runs: Mapping[str, NodeRun]) -> list[StepOutcome]:
     """Run every node's pass in parallel; raise one error naming every failed node."""
-    if not runs:
-        return []
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        futures = {name: pool.submit(run.run) for name, run in runs.items()}
-    outcomes: list[StepOutcome] = []
-    failures: list[BaseException] = []
-    for name, future in futures.items():
-        error = future.exception()
-        if error is None:
-            outcomes += future.result()
-        else:
-            failures.append(error)
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
-        raise LabctlError(
-            f"provisioning failed on {len(failures)} nodes",
-            details="\n\n".join(str(f) for f in failures),
-        )
-    return outcomes
+    return [outcome for outcomes in in_parallel(runs.values(), NodeRun.run, "provisioning") for outcome in outcomes]
