@@ -96,12 +96,20 @@ class NodeWait:
 
     def _timeout(self, phase: str, last: str) -> WaitTimeout:
         details = [f"last attempt: {last}", "console log (tail):", self._console_tail()]
+        if phase == "cloud-init":
+            details += ["cloud-init status --long:", self._cloud_init_status()]
         return WaitTimeout(
             f"{self.node_name}: not ready within {self.timeout:.0f} s; stuck in the {phase} phase",
             details="\n".join(details),
             resolution="raise timeouts.ready in the lab file if the host is slow (TCG), "
             "or read the console log for the cause",
         )
+
+    def _cloud_init_status(self) -> str:
+        try:
+            return self.executor.run("cloud-init status --long", check=False, timeout=20).tail(20)
+        except (SSHUnreachable, OSError) as exc:
+            return f"(unreachable: {exc})"
 
     def _console_tail(self, lines: int = 25) -> str:
         try:
