@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,90 @@ class LabNamespace:
             text = log_file.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {log_file.name}\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+class PrivateFirewalld:
+    """A firewalld inside a LabNamespace, on a D-Bus system bus of its own.
+
+    Its rules live in the namespace's netfilter, its configuration is a copy of the host's with
+    `default_zone` as the default, and the bus socket is in the work directory, so neither touches
+    the host's firewall or bus. Clients reach it through `env` (libdbus honours
+    DBUS_SYSTEM_BUS_ADDRESS); libvirtd does not get it, so libvirt leaves the lab bridge in no zone
+    and the default zone applies, as on a host where firewalld started after libvirtd.
+    """
+
+    PROGRAMS = ("dbus-daemon", "firewalld", "firewall-cmd")
+
+    def __init__(self, ns: LabNamespace, *, default_zone: str, start_timeout: float = 60.0):
+        self.ns = ns
+        self.default_zone = default_zone
+        self.start_timeout = start_timeout
+        self.dir = ns.workdir / "firewalld"
+        self.bus_socket = self.dir / "system_bus_socket"
+        self._bus_pid: int | None = None
+        self._firewalld: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.bus_socket}"}
+
+    def __enter__(self) -> Self:
+        missing = [p for p in self.PROGRAMS if not shutil.which(p, path=_system_path())]
+        if missing:
+            raise HarnessError(f"missing programs: {', '.join(missing)} (install dbus firewalld)")
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        self.dir.mkdir()
+        config = self.dir / "etc"
+        shutil.copytree("/etc/firewalld", config)
+        conf = config / "firewalld.conf"
+        conf.write_text(re.sub(r"(?m)^DefaultZone=.*$", "", conf.read_text()) + f"DefaultZone={self.default_zone}\n")
+        bus_conf = Path("/usr/share/dbus-1/system.conf").read_text()
+        # No pid file or user switch (both global); includedir is relative to the config file's directory.
+        bus_conf = re.sub(r"<listen>.*?</listen>", f"<listen>unix:path={self.bus_socket}</listen>", bus_conf)
+        bus_conf = re.sub(r"<(pidfile|user)>.*?</\1>", "", bus_conf)
+        bus_conf = bus_conf.replace("<includedir>system.d</includedir>",
+                                    "<includedir>/usr/share/dbus-1/system.d</includedir>")
+        (self.dir / "system.conf").write_text(bus_conf)
+        bus = self.ns.run(["dbus-daemon", f"--config-file={self.dir / 'system.conf'}", "--fork", "--print-pid"],
+                          check=True, timeout=30)
+        self._bus_pid = int(bus.stdout.split()[0])
+        log_file = self.dir / "firewalld.log"
+        # --nopid: the pid file is global; `ip netns exec` execs firewalld, so the Popen pid is firewalld's.
+        self._firewalld = firewalld = subprocess.Popen(
+            self.ns.command(["firewalld", "--nofork", "--nopid", "--system-config", config,
+                             "--log-target", "file", "--log-file", log_file]),
+            env=self.ns.full_env(self.env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.start_timeout
+        while self.cmd("--state").returncode != 0:
+            if firewalld.poll() is not None or time.monotonic() > deadline:
+                tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
+                raise HarnessError(f"firewalld in namespace {self.ns.name} did not start:\n{tail}")
+            time.sleep(0.3)
+
+    def cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """firewall-cmd with args, against this firewalld."""
+        return self.ns.run(["firewall-cmd", *args], env=self.env, timeout=60)
+
+    def close(self) -> None:
+        # firewalld first: it cleans up its rules on exit and needs the bus to do so quietly.
+        if self._firewalld is not None:
+            _terminate([self._firewalld.pid])
+            self._firewalld.wait()
+            self._firewalld = None
+        if self._bus_pid is not None:
+            _terminate([self._bus_pid])
+            self._bus_pid = None
 
 
 def persistent_cache() -> Path:
