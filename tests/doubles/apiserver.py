@@ -131,28 +131,33 @@ def pod_views(state: dict[str, Any], now: float) -> list[dict[str, Any]]:
 
 
 class Server:
-    def __init__(self, address: str, port: int, data_dir: Path | str):
+    """One cluster state served on port and on extra_ports (RKE2's supervisor port answers the same API)."""
+
+    def __init__(self, address: str, port: int, data_dir: Path | str, extra_ports: tuple[int, ...] = ()):
         self.data_dir = Path(data_dir)
         self.lock = threading.Lock()
         self.state = read_state(self.data_dir)
         handler = type("Handler", (_Handler,), {"server_double": self})
-        self.httpd = ThreadingHTTPServer((address, port), handler)
-        self.httpd.daemon_threads = True
+        self.listeners = [ThreadingHTTPServer((address, p), handler) for p in (port, *extra_ports)]
+        for listener in self.listeners:
+            listener.daemon_threads = True
+        self.httpd = self.listeners[0]
 
     def save(self) -> None:
         write_state(self.data_dir, self.state)
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.5)
+        self.start()
+        threading.Event().wait()
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, daemon=True)
-        thread.start()
-        return thread
+    def start(self) -> None:
+        for listener in self.listeners:
+            threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for listener in self.listeners:
+            listener.shutdown()
+            listener.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from labctl.kube import render
+from labctl.kube import compat, render
 from labctl.lab import parse_lab
-from tests.doubles import apiserver, build, common, kubeadm
+from tests.doubles import apiserver, build, common, kubeadm, rke
 from tests.doubles.common import APIError, api, ca_hash, new_ca, new_token
 
 LAB = {
@@ -107,3 +107,47 @@ def test_built_double_runs_on_python3_alone(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: stat {tmp_path / 'none'}: no such file or directory"
     assert "no such file" in (tmp_path / "log" / "kubectl.log").read_text()
+
+
+RKE_LAB = {
+    "name": "doubles-rke",
+    "network": {"subnet": "192.168.150.0/24"},
+    "nodes": [{"name": "r", "roles": ["rancher"]}, {"name": "m", "roles": ["master", "etcd"], "memory": "2GiB"},
+              {"name": "w", "roles": ["worker"]}],
+    "kubernetes": {"distro": "rke"},
+}
+
+
+@pytest.fixture
+def rke_double(monkeypatch):
+    monkeypatch.setattr(rke, "behaviour", lambda: {"version": compat.RKE_DEFAULT_RELEASE,
+                                                   "kubernetes": list(compat.RKE_RELEASES[compat.RKE_DEFAULT_RELEASE])})
+    return rke
+
+
+def test_rke_double_reads_labctls_cluster_yml(tmp_path, rke_double):
+    key = tmp_path / "key"
+    key.write_text("private")
+    path = tmp_path / "cluster.yml"
+    path.write_text(render.rke_cluster_yml(parse_lab(RKE_LAB), str(key)))
+    cluster = rke_double.load_cluster(path)
+    assert [(n["hostname_override"], n["role"]) for n in cluster["nodes"]] == [
+        ("m", ["controlplane", "etcd"]), ("w", ["worker"])]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["services"]["etcd"].update(snapshot=True), "cluster.yml.services.etcd.snapshot: unknown field"),
+    (lambda c: c.update(kubernetes_version="v1.33.1-rancher1-1"), "is not supported by rke"),
+    (lambda c: c["nodes"].pop(), "at least one worker plane host"),
+    (lambda c: c["nodes"][0].update(ssh_key_path="/nonexistent"), "Failed to parse key file"),
+])
+def test_rke_double_rejects_what_rke_rejects(tmp_path, capsys, rke_double, change, message):
+    key = tmp_path / "key"
+    key.write_text("private")
+    cluster = yaml.safe_load(render.rke_cluster_yml(parse_lab(RKE_LAB), str(key)))
+    change(cluster)
+    path = tmp_path / "cluster.yml"
+    path.write_text(yaml.safe_dump(cluster))
+    with pytest.raises(SystemExit):
+        rke_double.load_cluster(path)
+    assert message in capsys.readouterr().err
