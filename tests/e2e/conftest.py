@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,21 @@ def labctl_home(labctl: Labctl) -> Path:
 
 
 @pytest.fixture(scope="session")
-def debian_image(labctl_home: Path) -> None:
-    """The base image, built on the host from Debian packages (cached by content hash)."""
+def host_labctl(labctl_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """labctl(*args) in the main namespace, for the steps that need the Debian archive (image and
+    repository builds); it talks to no guest and no libvirt. Fails the test on a non-zero exit."""
     script = Path(sys.executable).parent / "labctl"
-    proc = subprocess.run([script, "image", "build", "debian-12"], capture_output=True, text=True,
-                          env={**os.environ, "LABCTL_HOME": str(labctl_home)}, timeout=1800)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([script, *args], capture_output=True, text=True, timeout=1800,
+                              env={**os.environ, "LABCTL_HOME": str(labctl_home)})
+        assert proc.returncode == 0, f"labctl {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        return proc
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def debian_image(host_labctl) -> None:
+    """The base image, built on the host from Debian packages (cached by content hash)."""
+    host_labctl("image", "build", "debian-12")

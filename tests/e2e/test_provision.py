@@ -7,19 +7,13 @@ on the host beforehand (the host's apt reaches the Debian archive); labctl finds
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labctl import aptrepo
-from labctl.keys import ensure_keys
-from labctl.lab import load_lab
-from labctl.provision.run import lab_packages
 
 LAB_NAME = "e2e-prov"
 NODES = ("rancher-host", "kube-master", "kube-worker")
@@ -29,13 +23,6 @@ STEPS_PER_NODE = {"rancher-host": 5, "kube-master": 6, "kube-worker": 6}
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
-
-
-@pytest.fixture(scope="session")
-def debian_image(labctl_home: Path) -> None:
-    script = Path(sys.executable).parent / "labctl"
-    _ok(subprocess.run([script, "image", "build", "debian-12"], capture_output=True, text=True,
-                       env={**os.environ, "LABCTL_HOME": str(labctl_home)}, timeout=1800))
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +42,9 @@ def lab_file(labctl_home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_repo(lab_file: Path, labctl_home: Path, monkeypatch_module) -> None:
-    """Build the lab's repository from the host's apt into the shared cache, outside the namespace."""
-    monkeypatch_module.setenv("LABCTL_HOME", str(labctl_home))
-    lab, _ = load_lab(lab_file)
-    keys = ensure_keys(lab, labctl_home / "scratch-keys")
-    aptrepo.build_repo(lab_packages(lab, keys), suite="bookworm", arch="amd64")
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    patch = pytest.MonkeyPatch()
-    yield patch
-    patch.undo()
+def local_repo(lab_file: Path, host_labctl) -> None:
+    """The lab's repository, built from the host's apt into the shared cache, outside the namespace."""
+    host_labctl("repo-build", str(lab_file))
 
 
 @pytest.fixture(scope="module")
