@@ -8,8 +8,10 @@ reject exactly what labctl's own checks reject), and behaviour.json, the setting
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import tarfile
 import tempfile
 import zipapp
 from pathlib import Path
@@ -81,4 +83,72 @@ def rke_artifacts(root: Path, rke_version: str) -> Path:
     base = artifacts.rke_dir(root, rke_version)
     build("rke", base / "bin" / "rke", {"version": rke_version, "kubernetes": list(compat.RKE_RELEASES[rke_version])})
     build("kubectl", base / "bin" / "kubectl", {"version": rke_version})
+    return root
+
+
+# The air-gap install script's job, as get.rke2.io does it with INSTALL_RKE2_ARTIFACT_PATH: check
+# the tarball against the release's checksum file, unpack it under /usr/local.
+RKE2_INSTALL_SH = """#!/bin/sh
+# install.sh double (tests/doubles): the artifact-path branch of https://get.rke2.io
+set -eu
+: "${INSTALL_RKE2_ARTIFACT_PATH:?this double installs from INSTALL_RKE2_ARTIFACT_PATH only}"
+case "${INSTALL_RKE2_TYPE:-server}" in server|agent) ;; *) echo "invalid INSTALL_RKE2_TYPE" >&2; exit 1 ;; esac
+cd "$INSTALL_RKE2_ARTIFACT_PATH"
+grep ' rke2.linux-amd64.tar.gz$' sha256sum-amd64.txt | sha256sum -c -
+tar -xzf rke2.linux-amd64.tar.gz -C /usr/local
+systemctl daemon-reload
+"""
+RKE2_UNINSTALL_SH = """#!/bin/sh
+# rke2-uninstall.sh double (tests/doubles)
+systemctl stop rke2-server rke2-agent 2>/dev/null || true
+systemctl disable rke2-server rke2-agent 2>/dev/null || true
+rm -rf /var/lib/rancher/rke2 /etc/rancher/rke2
+rm -f /usr/local/lib/systemd/system/rke2-server.service /usr/local/lib/systemd/system/rke2-agent.service \\
+  /usr/local/bin/rke2 /usr/local/share/rke2/kubectl /usr/local/bin/rke2-uninstall.sh
+systemctl daemon-reload
+"""
+RKE2_UNIT = """[Unit]
+Description=Rancher Kubernetes Engine v2 ({kind}) - test double
+Wants=network-online.target
+After=network-online.target
+Conflicts={other}.service
+
+[Service]
+Type=notify
+ExecStart=/usr/local/bin/rke2 {kind}
+Restart=always
+RestartSec=5s
+TimeoutStartSec=600
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def rke2_artifacts(root: Path, version: str) -> Path:
+    """DIR/rke2/<version>/{install.sh, rke2.linux-amd64.tar.gz, rke2-images.linux-amd64.tar.zst, sha256sum-amd64.txt}.
+
+    The tarball holds the rke2 double, its units, rke2-uninstall.sh and the kubectl double the
+    server puts in /var/lib/rancher/rke2/bin; the image tarball is filler the doubles only look for.
+    """
+    base = artifacts.rke2_dir(root, version)
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        build("rke2", tree / "bin" / "rke2", {"version": version})
+        build("kubectl", tree / "share" / "rke2" / "kubectl", {"version": version})
+        (tree / "bin" / "rke2-uninstall.sh").write_text(RKE2_UNINSTALL_SH)
+        (tree / "bin" / "rke2-uninstall.sh").chmod(0o755)
+        units = tree / "lib" / "systemd" / "system"
+        units.mkdir(parents=True)
+        for kind, other in (("server", "rke2-agent"), ("agent", "rke2-server")):
+            (units / f"rke2-{kind}.service").write_text(RKE2_UNIT.format(kind=kind, other=other))
+        with tarfile.open(base / "rke2.linux-amd64.tar.gz", "w:gz") as tar:
+            for path in sorted(tree.rglob("*")):
+                tar.add(path, arcname=path.relative_to(tree).as_posix(), recursive=False)
+    (base / "rke2-images.linux-amd64.tar.zst").write_bytes(b"image tarball filler for the rke2 double\n")
+    (base / "install.sh").write_text(RKE2_INSTALL_SH)
+    sums = "".join(f"{hashlib.sha256((base / name).read_bytes()).hexdigest()}  {name}\n"
+                   for name in ("rke2.linux-amd64.tar.gz", "rke2-images.linux-amd64.tar.zst"))
+    (base / "sha256sum-amd64.txt").write_text(sums)
     return root

@@ -3,7 +3,8 @@ artifacts path, with test doubles (tests/doubles) in place of the Kubernetes bin
 
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
 kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
-the SSH mesh) and its snapshot; down. Packages come from the local repository labctl serves
+the SSH mesh) and its snapshot; reset again and RKE2 (server, agent joining with the server's
+token) and its snapshot; down. Packages come from the local repository labctl serves
 (guests have no route out); it is built on the host beforehand, as in test_provision.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -41,6 +43,7 @@ KUBEADM = {
 }
 RKE = {"distro": "rke", "version": compat.DEFAULT_VERSIONS["rke"], "rke_version": compat.RKE_DEFAULT_RELEASE,
        "pod_subnet": "10.42.0.0/16", "ready_timeout": 600}
+RKE2 = {"distro": "rke2", "version": compat.DEFAULT_VERSIONS["rke2"], "pod_subnet": "10.52.0.0/16", "ready_timeout": 600}
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -55,7 +58,8 @@ def write_lab(path: Path, kubernetes: dict) -> Path:
         "network": {"subnet": f"{SUBNET}.0/24", "domain": "lab.test"},
         "defaults": {"image": "debian-12", "vcpus": 1, "memory": "1GiB", "disk": "4GiB"},
         "nodes": [{"name": "rancher-host", "roles": ["rancher"]},
-                  {"name": "kube-master", "roles": ["master", "etcd"], "memory": "2GiB"},
+                  # RKE2's floor for a server (labctl.kube.checks); TCG guests touch only what they use.
+                  {"name": "kube-master", "roles": ["master", "etcd"], "memory": "3584MiB"},
                   {"name": "kube-worker", "roles": ["worker"]}],
         "packages": {"source": "local"},
         "kubernetes": kubernetes,
@@ -158,7 +162,9 @@ def test_nodes_ready_are_the_kubelets_that_registered(labctl, lab_file, kubeadm_
         assert by_name[name]["labctlDouble"]["peer"] == ip
         assert by_name[name]["status"]["addresses"][0]["address"] == ip
     assert "node-role.kubernetes.io/control-plane" in by_name["kube-master"]["metadata"]["labels"]
-    assert "kube-master" in kubeadm_lab.stdout + kubeadm_lab.stderr
+    # `up` ends with the summary: kubeconfig path and `kubectl get nodes -o wide`.
+    assert re.search(r"^kube-worker\s+Ready\s", kubeadm_lab.stdout, re.MULTILINE), kubeadm_lab.stdout
+    assert "kubeconfig: " in kubeadm_lab.stdout
     applied = double_log(labctl, lab_file, "kube-master", "kubectl")
     assert any(e.get("command") == "apply" and "DaemonSet/canal" in e["kinds"] for e in applied), applied
 
@@ -234,3 +240,37 @@ def test_rke_up_reaches_every_node_over_the_ssh_mesh(labctl, lab_file, rke_lab):
 def test_rke_etcd_snapshot(labctl, lab_file, rke_lab):
     _ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke-before", timeout=600))
     assert "rke-before.zip" in _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+
+
+@pytest.fixture(scope="module")
+def rke2_lab(labctl, labctl_home, lab_file, rke_lab):
+    """The same VMs once more, RKE removed, the lab file switched to RKE2."""
+    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    assert "remove" in [e.get("command") for e in double_log(labctl, lab_file, "rancher-host", "rke", user=True)]
+    artifacts = build.rke2_artifacts(labctl_home / "artifacts-rke2", RKE2["version"])
+    write_lab(lab_file, {**RKE2, "artifacts": str(artifacts)})
+    start = time.monotonic()
+    up = _ok(labctl("up", str(lab_file), timeout=3600))
+    print(f"\nRKE2 lab: labctl up took {time.monotonic() - start:.0f} s")
+    return up
+
+
+def test_rke2_agent_joins_with_the_token_the_server_wrote(labctl, lab_file, rke2_lab):
+    server, = [e for e in double_log(labctl, lab_file, "kube-master", "rke2") if e.get("command") == "server"]
+    agent, = [e for e in double_log(labctl, lab_file, "kube-worker", "rke2") if e.get("command") == "agent"]
+    assert agent["token"] == server["token"] and server["token"].startswith("K10")
+    assert agent["server"] == f"https://{MASTER_IP}:9345"
+    assert server["config"]["cluster-cidr"] == "10.52.0.0/16" and server["config"]["cni"] == "canal"
+    nodes = json.loads(on(labctl, lab_file, "kube-master", "sudo /var/lib/rancher/rke2/bin/kubectl "
+                          "--kubeconfig /etc/rancher/rke2/rke2.yaml get nodes -o json"))["items"]
+    assert {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes} == {
+        "kube-master": "127.0.0.1", "kube-worker": WORKER_IP}
+    assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
+    config = yaml.safe_load(_ok(labctl("kubeconfig", str(lab_file))).stdout)
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
+
+
+def test_rke2_etcd_snapshot(labctl, lab_file, rke2_lab):
+    saved = _ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke2-before", timeout=600)).stdout
+    assert saved.startswith("Snapshot rke2-before-kube-master-")
+    assert "rke2-before-kube-master-" in _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
