@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from labctl.kube import compat, render
+from labctl.kube import compat, render, schema
 from labctl.lab import parse_lab
-from tests.doubles import apiserver, build, common, kubeadm, rke
+from tests.doubles import apiserver, build, common, kubeadm, rke, rke2
 from tests.doubles.common import APIError, api, ca_hash, new_ca, new_token
 
 LAB = {
@@ -151,3 +151,39 @@ def test_rke_double_rejects_what_rke_rejects(tmp_path, capsys, rke_double, chang
     with pytest.raises(SystemExit):
         rke_double.load_cluster(path)
     assert message in capsys.readouterr().err
+
+
+RKE2_LAB = {**RKE_LAB, "name": "doubles-rke2",
+            "nodes": [{"name": "m", "roles": ["master"], "memory": "4GiB"}, {"name": "w", "roles": ["worker"]}],
+            "kubernetes": {"distro": "rke2"}}
+
+
+@pytest.fixture
+def rke2_node(tmp_path, monkeypatch):
+    """The rke2 double with its config file and air-gap images dir under tmp_path."""
+    monkeypatch.setattr(rke2, "CONFIG", tmp_path / "config.yaml")
+    monkeypatch.setattr(rke2, "IMAGES", tmp_path / "images")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "rke2-images.linux-amd64.tar.zst").write_bytes(b"x")
+    return tmp_path
+
+
+def test_rke2_double_reads_labctls_server_and_agent_configs(rke2_node):
+    lab = parse_lab(RKE2_LAB)
+    master, worker = lab.nodes
+    (rke2_node / "config.yaml").write_text(render.rke2_config(lab, master))
+    assert rke2.load_config(schema.RKE2_SERVER_KEYS)["cni"] == "canal"
+    (rke2_node / "config.yaml").write_text(render.rke2_config(lab, worker, server_url="https://m:9345", token="K10x::server:y"))
+    assert rke2.load_config(schema.RKE2_AGENT_KEYS)["server"] == "https://m:9345"
+
+
+def test_rke2_double_rejects_server_keys_on_an_agent_and_a_node_without_images(rke2_node, capsys):
+    lab = parse_lab(RKE2_LAB)
+    (rke2_node / "config.yaml").write_text(render.rke2_config(lab, lab.nodes[0]))
+    with pytest.raises(SystemExit):
+        rke2.load_config(schema.RKE2_AGENT_KEYS)
+    assert "unknown keys ['cluster-cidr', 'cluster-dns'" in capsys.readouterr().err
+    (rke2_node / "images" / "rke2-images.linux-amd64.tar.zst").unlink()
+    with pytest.raises(SystemExit):
+        rke2.load_config(schema.RKE2_SERVER_KEYS)
+    assert "cannot pull rke2's images" in capsys.readouterr().err
