@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.e2e.labs import ok, write_three_node_lab
 
 LAB_NAME = "e2e-life"
 NODES = ("rancher-host", "kube-master", "kube-worker")
@@ -15,36 +15,20 @@ NODES = ("rancher-host", "kube-master", "kube-worker")
 
 @pytest.fixture(scope="module")
 def lab_file(labctl_home: Path) -> Path:
-    path = labctl_home / f"{LAB_NAME}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": LAB_NAME,
-        "ssh_user": "labctl",
-        "network": {"subnet": "192.168.150.0/24", "domain": "lab.test"},
-        "defaults": {"image": "debian-12", "vcpus": 1, "memory": "1GiB", "disk": "4GiB"},
-        "nodes": [{"name": "rancher-host", "roles": ["rancher"]},
-                  {"name": "kube-master", "roles": ["master", "etcd"]},
-                  {"name": "kube-worker", "roles": ["worker"]}],
-        "provisioning": {"enabled": False},
-    }))
-    return path
-
-
-def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
+    return write_three_node_lab(labctl_home, LAB_NAME, "192.168.150.0/24", provisioning={"enabled": False})
 
 
 def test_up_status_ssh_and_down_leave_nothing(netns, labctl, labctl_home, lab_file, debian_image):
-    _ok(labctl("up", str(lab_file), timeout=1500))
+    ok(labctl("up", str(lab_file), timeout=1500))
 
-    status = json.loads(_ok(labctl("status", str(lab_file), "--json")).stdout)
+    status = json.loads(ok(labctl("status", str(lab_file), "--json")).stdout)
     assert [s["name"] for s in status] == list(NODES)
     assert {s["state"] for s in status} == {"running"}
     assert [s["ip"] for s in status] == ["192.168.150.11", "192.168.150.12", "192.168.150.13"]
     assert {(s["vcpus"], s["memory_mib"]) for s in status} == {(1, 1024)}
 
     for node in NODES:
-        assert _ok(labctl("ssh", str(lab_file), node, "--", "hostname")).stdout.strip() == node
+        assert ok(labctl("ssh", str(lab_file), node, "--", "hostname")).stdout.strip() == node
         others = [n for n in NODES if n != node]
         for other in others:
             # The name resolves through the lab network's DNS, and the other node's sshd answers.
@@ -55,11 +39,11 @@ def test_up_status_ssh_and_down_leave_nothing(netns, labctl, labctl_home, lab_fi
     assert labctl("ssh", str(lab_file), "kube-worker", "--", "sh", "-c", "exit 7").returncode == 7
 
     running_before = netns.virsh("list").stdout  # domain ids change if a domain restarts
-    again = _ok(labctl("up", str(lab_file), timeout=300))
+    again = ok(labctl("up", str(lab_file), timeout=300))
     assert again.stderr.count("already up") == len(NODES), again.stderr
     assert netns.virsh("list").stdout == running_before
 
-    _ok(labctl("down", str(lab_file), timeout=300))
+    ok(labctl("down", str(lab_file), timeout=300))
     assert [d for d in netns.virsh("list", "--all", "--name").stdout.split() if LAB_NAME in d] == []
     assert [n for n in netns.virsh("net-list", "--all", "--name").stdout.split() if LAB_NAME in n] == []
     assert [p for p in netns.virsh("pool-list", "--all", "--name").stdout.split() if LAB_NAME in p] == []
