@@ -94,7 +94,7 @@ def test_nodes_get_ready_only_with_a_cni_on_the_cluster_pod_subnet(server):
     assert [p["status"]["phase"] for p in dns] == ["Running", "Running"]
 
 
-def test_join_command_hash_is_the_cas(tmp_path):
+def test_join_command_hash_is_the_cas():
     ca = new_ca()
     assert ca_hash(ca).startswith("sha256:") and len(ca_hash(ca)) == 71
     assert ca_hash(ca) != ca_hash(new_ca())

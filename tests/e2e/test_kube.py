@@ -1,11 +1,11 @@
-"""Issue: Kubernetes. `labctl up` bootstraps kubeadm, then RKE, on real guests through the air-gapped
-artifacts path, with test doubles (tests/doubles) in place of the Kubernetes binaries.
+"""Issue: Kubernetes. `labctl up` bootstraps kubeadm, then RKE, then RKE2 on real guests through the
+air-gapped artifacts path, with test doubles (tests/doubles) in place of the Kubernetes binaries.
 
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
 kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
 the SSH mesh) and its snapshot; reset again and RKE2 (server, agent joining with the server's
 token) and its snapshot; down. Packages come from the local repository labctl serves
-(guests have no route out); it is built on the host beforehand, as in test_provision.
+(guests have no route out); `labctl repo-build` makes it on the host beforehand.
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labctl import aptrepo
-from labctl.keys import ensure_keys
-from labctl.kube import compat, kubeadm
-from labctl.lab import load_lab
-from labctl.provision.run import lab_packages
+from labctl.kube import compat
 from tests.doubles import build
 
 LAB_NAME = "e2e-kube"
@@ -79,25 +75,14 @@ def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = Fal
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    patch = pytest.MonkeyPatch()
-    yield patch
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
 def lab_file(labctl_home: Path) -> Path:
     return write_lab(labctl_home / f"{LAB_NAME}.yaml", {**KUBEADM, "artifacts": str(labctl_home / "artifacts-kubeadm")})
 
 
 @pytest.fixture(scope="module")
-def local_repos(lab_file: Path, labctl_home: Path, monkeypatch_module) -> None:
-    """Provisioning's and kubeadm's repositories, built from the host's apt into the shared cache."""
-    monkeypatch_module.setenv("LABCTL_HOME", str(labctl_home))
-    lab, _ = load_lab(lab_file)
-    keys = ensure_keys(lab, labctl_home / "scratch-keys")
-    aptrepo.build_repo(lab_packages(lab, keys), suite="bookworm", arch="amd64")
-    aptrepo.build_repo(kubeadm.apt_packages(lab), suite="bookworm", arch="amd64")
+def local_repos(lab_file: Path, host_labctl) -> None:
+    """Provisioning's and kubeadm's repositories, built on the host: the guests have no route out."""
+    host_labctl("repo-build", str(lab_file))
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +175,14 @@ def test_etcd_snapshot_save_and_list(labctl, lab_file, kubeadm_lab):
     snapshot = json.loads(on(labctl, lab_file, "kube-master", "sudo cat /var/lib/labctl/etcd-snapshots/before-change.db"))
     assert snapshot["nodes"] == ["kube-master", "kube-worker"]
     assert snapshot["etcd-snapshot-of"]["pod_subnet"] == "10.244.0.0/21"
+
+
+def test_up_again_keeps_the_cluster(labctl, lab_file, kubeadm_lab):
+    again = _ok(labctl("up", str(lab_file), timeout=1800))
+    assert "kube-master: kubeadm (control plane already initialised)" in again.stderr, again.stderr
+    assert "kube-worker: kubeadm (already joined)" in again.stderr
+    assert [e.get("command") for e in double_log(labctl, lab_file, "kube-master", "kubeadm")].count("init") == 1
+    assert re.search(r"^kube-worker\s+Ready\s", again.stdout, re.MULTILINE), again.stdout
 
 
 def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_file, kubeadm_lab):
