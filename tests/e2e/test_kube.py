@@ -14,7 +14,6 @@ import json
 import os
 import re
 import stat
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import yaml
 
 from labctl.kube import compat
 from tests.doubles import build
+from tests.e2e.labs import ok
 
 LAB_NAME = "e2e-kube"
 SUBNET = "192.168.152"
@@ -42,11 +42,6 @@ RKE = {"distro": "rke", "version": compat.DEFAULT_VERSIONS["rke"], "rke_version"
 RKE2 = {"distro": "rke2", "version": compat.DEFAULT_VERSIONS["rke2"], "pod_subnet": "10.52.0.0/16", "ready_timeout": 600}
 
 
-def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
-
-
 def write_lab(path: Path, kubernetes: dict) -> Path:
     path.write_text(yaml.safe_dump({
         "name": LAB_NAME,
@@ -64,7 +59,7 @@ def write_lab(path: Path, kubernetes: dict) -> Path:
 
 
 def on(labctl, lab_file: Path, node: str, command: str) -> str:
-    return _ok(labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)).stdout
+    return ok(labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)).stdout
 
 
 def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = False) -> list[dict]:
@@ -93,7 +88,7 @@ def kubeadm_lab(netns, labctl, labctl_home, lab_file, debian_image, local_repos)
     seconds = time.monotonic() - start
     print(f"\nkubeadm lab: labctl up took {seconds:.0f} s")
     try:
-        yield _ok(up)
+        yield ok(up)
     finally:
         down = labctl("down", str(lab_file), timeout=600)
         assert down.returncode == 0, down.stderr
@@ -155,22 +150,22 @@ def test_nodes_ready_are_the_kubelets_that_registered(labctl, lab_file, kubeadm_
 
 
 def test_kubeconfig_points_at_the_master(labctl, labctl_home, lab_file, kubeadm_lab):
-    text = _ok(labctl("kubeconfig", str(lab_file))).stdout
+    text = ok(labctl("kubeconfig", str(lab_file))).stdout
     config = yaml.safe_load(text)
     assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
     admin = yaml.safe_load(on(labctl, lab_file, "kube-master", "sudo cat /etc/kubernetes/admin.conf"))
     assert config["users"] == admin["users"]
     target = labctl_home / "kube" / "config"
     target.parent.mkdir(exist_ok=True)
-    _ok(labctl("kubeconfig", str(lab_file), "-o", str(target)))
+    ok(labctl("kubeconfig", str(lab_file), "-o", str(target)))
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert yaml.safe_load(target.read_text()) == config
 
 
 def test_etcd_snapshot_save_and_list(labctl, lab_file, kubeadm_lab):
-    saved = _ok(labctl("etcd", "snapshot", "save", str(lab_file), "before-change", timeout=600))
+    saved = ok(labctl("etcd", "snapshot", "save", str(lab_file), "before-change", timeout=600))
     assert "Snapshot saved at /var/lib/etcd/before-change.db" in saved.stdout
-    listing = _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+    listing = ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
     assert "before-change.db" in listing
     snapshot = json.loads(on(labctl, lab_file, "kube-master", "sudo cat /var/lib/labctl/etcd-snapshots/before-change.db"))
     assert snapshot["nodes"] == ["kube-master", "kube-worker"]
@@ -178,7 +173,7 @@ def test_etcd_snapshot_save_and_list(labctl, lab_file, kubeadm_lab):
 
 
 def test_up_again_keeps_the_cluster(labctl, lab_file, kubeadm_lab):
-    again = _ok(labctl("up", str(lab_file), timeout=1800))
+    again = ok(labctl("up", str(lab_file), timeout=1800))
     assert "kube-master: kubeadm (control plane already initialised)" in again.stderr, again.stderr
     assert "kube-worker: kubeadm (already joined)" in again.stderr
     assert [e.get("command") for e in double_log(labctl, lab_file, "kube-master", "kubeadm")].count("init") == 1
@@ -186,7 +181,7 @@ def test_up_again_keeps_the_cluster(labctl, lab_file, kubeadm_lab):
 
 
 def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_file, kubeadm_lab):
-    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     resets = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("command") == "reset"]
     assert len(resets) == 1
     assert labctl("kubeconfig", str(lab_file)).returncode != 0
@@ -203,11 +198,11 @@ def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_f
 @pytest.fixture(scope="module")
 def rke_lab(labctl, labctl_home, lab_file, kubeadm_lab):
     """The same VMs, Kubernetes reset, the lab file switched to RKE."""
-    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     artifacts = build.rke_artifacts(labctl_home / "artifacts-rke", RKE["rke_version"])
     write_lab(lab_file, {**RKE, "artifacts": str(artifacts)})
     start = time.monotonic()
-    up = _ok(labctl("up", str(lab_file), timeout=3600))
+    up = ok(labctl("up", str(lab_file), timeout=3600))
     print(f"\nRKE lab: labctl up took {time.monotonic() - start:.0f} s")
     return up
 
@@ -226,24 +221,24 @@ def test_rke_up_reaches_every_node_over_the_ssh_mesh(labctl, lab_file, rke_lab):
     peers = {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes}
     assert peers == {"kube-master": MASTER_IP, "kube-worker": WORKER_IP}
     assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
-    config = yaml.safe_load(_ok(labctl("kubeconfig", str(lab_file))).stdout)
+    config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
     assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
 
 
 def test_rke_etcd_snapshot(labctl, lab_file, rke_lab):
-    _ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke-before", timeout=600))
-    assert "rke-before.zip" in _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+    ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke-before", timeout=600))
+    assert "rke-before.zip" in ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
 
 
 @pytest.fixture(scope="module")
 def rke2_lab(labctl, labctl_home, lab_file, rke_lab):
     """The same VMs once more, RKE removed, the lab file switched to RKE2."""
-    _ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     assert "remove" in [e.get("command") for e in double_log(labctl, lab_file, "rancher-host", "rke", user=True)]
     artifacts = build.rke2_artifacts(labctl_home / "artifacts-rke2", RKE2["version"])
     write_lab(lab_file, {**RKE2, "artifacts": str(artifacts)})
     start = time.monotonic()
-    up = _ok(labctl("up", str(lab_file), timeout=3600))
+    up = ok(labctl("up", str(lab_file), timeout=3600))
     print(f"\nRKE2 lab: labctl up took {time.monotonic() - start:.0f} s")
     return up
 
@@ -259,11 +254,11 @@ def test_rke2_agent_joins_with_the_token_the_server_wrote(labctl, lab_file, rke2
     assert {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes} == {
         "kube-master": "127.0.0.1", "kube-worker": WORKER_IP}
     assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
-    config = yaml.safe_load(_ok(labctl("kubeconfig", str(lab_file))).stdout)
+    config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
     assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
 
 
 def test_rke2_etcd_snapshot(labctl, lab_file, rke2_lab):
-    saved = _ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke2-before", timeout=600)).stdout
+    saved = ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke2-before", timeout=600)).stdout
     assert saved.startswith("Snapshot rke2-before-kube-master-")
-    assert "rke2-before-kube-master-" in _ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+    assert "rke2-before-kube-master-" in ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
