@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import re
 import shutil
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from labctl import paths, runner
+from labctl import download, paths, runner
 from labctl.errors import CommandFailed, InvalidInput
 
 Source = Literal["catalog", "imported", "built"]
-Progress = Callable[[int, "int | None"], None]
 
 FAMILIES = {"bookworm": "debian", "trixie": "debian", "jammy": "ubuntu", "noble": "ubuntu"}
 BUILDABLE = {"debian-12"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -122,7 +117,7 @@ def resolve(name: str) -> ImageRecord:
     raise InvalidInput(brief, resolution=" or ".join(fixes) if fixes else None)
 
 
-def pull(name: str, *, catalog: Mapping[str, CatalogEntry] = CATALOG, progress: Progress | None = None) -> ImageRecord:
+def pull(name: str, *, catalog: Mapping[str, CatalogEntry] = CATALOG, progress: download.Progress | None = None) -> ImageRecord:
     """Download a catalog image, verify it against the publisher's checksum file, register it.
 
     An interrupted download resumes from NAME.qcow2.part when the server honours Range.
@@ -136,8 +131,8 @@ def pull(name: str, *, catalog: Mapping[str, CatalogEntry] = CATALOG, progress: 
     target = image_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    _download(entry.url, part, progress)
-    actual = _digest(part, entry.algorithm)
+    download.stream(entry.url, part, progress)
+    actual = download.file_digest(part, entry.algorithm)
     if actual != expected:
         part.unlink()
         raise CommandFailed(
@@ -181,7 +176,7 @@ def register(path: Path, name: str, *, source: Source, suite: str | None) -> Ima
     # Relative to the cache so a cache shared between homes (or moved) still resolves.
     stored = path.relative_to(paths.images_dir()) if path.is_relative_to(paths.images_dir()) else path
     fields = {"source": source, "path": str(stored), "virtual_size": int(info["virtual-size"]),
-              "sha256": _digest(path, "sha256"), "suite": suite}
+              "sha256": download.file_digest(path), "suite": suite}
     with _index_lock():
         index = _load_index()
         index[name] = fields
@@ -234,56 +229,14 @@ def _check_qcow2(path: Path, label: str) -> dict:
     return info
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _published_checksum(entry: CatalogEntry) -> str:
-    """The checksum the publisher lists for the image's file name (`HASH  NAME` or `HASH *NAME`)."""
-    text = _fetch(entry.checksums_url).decode(errors="replace")
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[1].lstrip("*") == entry.filename:
-            return fields[0].lower()
-    raise CommandFailed(f"{entry.checksums_url} lists no checksum for {entry.filename}",
-                        resolution="the publisher may have renamed the image; update the catalog entry")
-
-
-def _fetch(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise CommandFailed(f"cannot download {url}: {exc}", resolution="check the host's network and retry") from exc
-
-
-def _download(url: str, part: Path, progress: Progress | None) -> None:
-    """Stream url into part, continuing from part's current length if the server allows."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 416 or not have:  # 416: the partial file is already complete
-            raise CommandFailed(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-        return
-    except (urllib.error.URLError, OSError) as exc:
-        raise CommandFailed(f"cannot download {url}: {exc}", resolution="check the host's network and retry") from exc
-    with response:
-        resumed = response.status == 206
-        done = have if resumed else 0
-        length = response.headers.get("Content-Length")
-        total = done + int(length) if length is not None else None
-        with open(part, "ab" if resumed else "wb") as out:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+    """The checksum the publisher lists for the image's file name."""
+    text = download.fetch(entry.checksums_url).decode(errors="replace")
+    checksum = download.listed_checksum(text, entry.filename)
+    if checksum is None:
+        raise CommandFailed(f"{entry.checksums_url} lists no checksum for {entry.filename}",
+                            resolution="the publisher may have renamed the image; update the catalog entry")
+    return checksum
 
 
 def _load_index() -> dict[str, dict]:
