@@ -39,9 +39,9 @@ def cli(ctx: click.Context, connect: str, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from labctl.cli import image, kube, lab, provision
+    from labctl.cli import artifacts, image, kube, lab, provision
 
-    for module in (lab, image, provision, kube):
+    for module in (lab, image, provision, kube, artifacts):
         for command in module.COMMANDS:
             cli.add_command(command)
 
