@@ -1,4 +1,4 @@
-"""Test doubles of kubeadm, kubelet, kubectl, crictl and rke, for end-to-end tests on real guests.
+"""Test doubles of kubeadm, kubelet, kubectl, crictl, rke, rke2, helm and Rancher, for end-to-end tests on real guests.
 
 They are never shipped: `build.py` packs them into single-file Python programs (zipapps) that a
 test puts into an air-gapped artifacts directory in place of the real binaries. On the guests

@@ -215,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in path.split("/") if p]
         if method == "GET" and path == "/healthz":
             return 200, "ok", False
+        if method == "GET" and path == "/version":
+            # Readable without credentials, as on a real API server.
+            return 200, {"gitVersion": state["cluster"]["kubernetes_version"]}, False
         if method == "GET" and path == "/cluster-info":
             # kube-public/cluster-info: readable without credentials, as discovery needs it.
             return 200, {"ca": state["ca"], "server": state["cluster"]["endpoint"]}, False

@@ -9,6 +9,7 @@ reject exactly what labctl's own checks reject), and behaviour.json, the setting
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tarfile
@@ -152,3 +153,84 @@ def rke2_artifacts(root: Path, version: str) -> Path:
                    for name in ("rke2.linux-amd64.tar.gz", "rke2-images.linux-amd64.tar.zst"))
     (base / "sha256sum-amd64.txt").write_text(sums)
     return root
+
+
+# The rancher chart's values.yaml (https://github.com/rancher/rancher/blob/main/chart/values.yaml): its keys
+# and defaults, with null for the keys it documents only in comments (hostname, extraEnv, proxy, ...).
+# The helm double accepts exactly these keys; an empty map or null takes anything below it.
+RANCHER_VALUES: dict[str, Any] = {
+    "additionalTrustedCAs": False, "antiAffinity": "preferred", "topologyKey": "kubernetes.io/hostname",
+    "auditLog": {"enabled": False, "destination": "sidecar", "hostPath": "/var/log/rancher/audit/", "level": 0,
+                 "maxAge": 1, "maxBackup": 1, "maxSize": 100, "resources": {},
+                 "image": {"repository": "rancher/mirrored-bci-micro", "tag": "15.6.24.2", "pullPolicy": "IfNotPresent"}},
+    "addLocal": "true", "debug": False, "agentTLSMode": "", "extraEnv": None, "hostname": None, "imagePullSecrets": [],
+    "ingress": {"enabled": True, "includeDefaultExtraAnnotations": True, "extraAnnotations": {}, "ingressClassName": "",
+                "pathType": "ImplementationSpecific", "path": "/", "servicePort": 80, "configurationSnippet": None,
+                "tls": {"source": "rancher", "secretName": "tls-rancher-ingress"}},
+    "service": {"type": "", "annotations": {}},
+    "letsEncrypt": {"email": None, "environment": "production", "ingress": {"class": ""}},
+    "privateCA": False, "proxy": None, "noProxy": "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,.svc,.cluster.local",
+    "rancherImage": "rancher/rancher", "rancherImageTag": None, "rancherImagePullPolicy": None, "replicas": 3,
+    "priorityClassName": "rancher-critical", "resources": {}, "tls": "ingress", "systemDefaultRegistry": "",
+    "useBundledSystemChart": False, "certmanager": {"version": ""},
+    "customLogos": {"enabled": False, "volumeSubpaths": {"emberUi": "ember", "vueUi": "vue"},
+                    "volumeKind": "persistentVolumeClaim", "volumeName": None, "storageClass": None,
+                    "accessMode": "ReadWriteOnce", "size": "1Gi"},
+    "postDelete": {"enabled": True, "image": {"repository": "rancher/shell", "tag": ""},
+                   "namespaceList": ["cattle-fleet-system", "cattle-system", "rancher-operator-system"],
+                   "timeout": 120, "ignoreTimeoutError": False},
+    "bootstrapPassword": "",
+    "startupProbe": {"timeoutSeconds": 5, "periodSeconds": 10, "failureThreshold": 12},
+    "extraTolerations": {}, "extraNodeSelectorTerms": {},
+    "livenessProbe": {"timeoutSeconds": 5, "periodSeconds": 30, "failureThreshold": 5},
+    "readinessProbe": {"timeoutSeconds": 5, "periodSeconds": 30, "failureThreshold": 5},
+    "webhook": "", "fleet": "",
+}
+# The top of cert-manager's values.yaml (deploy/charts/cert-manager/values.yaml): global settings, the CRD
+# switches and the controller's; the chart's values.schema.json closes it to unknown keys, as the double does.
+CERT_MANAGER_VALUES: dict[str, Any] = {
+    "global": {"imagePullSecrets": [], "commonLabels": {}, "priorityClassName": "",
+               "rbac": {"create": True, "aggregateClusterRoles": True},
+               "podSecurityPolicy": {"enabled": False, "useAppArmor": True}, "logLevel": 2, "logFormat": "text",
+               "leaderElection": {"namespace": "kube-system"}},
+    "installCRDs": False, "crds": {"enabled": False, "keep": True}, "replicaCount": 1, "strategy": {},
+    "podDisruptionBudget": {"enabled": False}, "featureGates": "", "maxConcurrentChallenges": 60,
+    "image": {"repository": "quay.io/jetstack/cert-manager-controller", "pullPolicy": "IfNotPresent"},
+    "clusterResourceNamespace": "", "namespace": "", "serviceAccount": {"create": True, "automountServiceAccountToken": True},
+    "enableCertificateOwnerRef": False, "config": {}, "extraArgs": [], "extraEnv": [], "resources": {},
+}
+
+
+def chart_archive(path: Path, chart: dict[str, Any], values: dict[str, Any]) -> Path:
+    """A chart .tgz as `helm package` lays it out: <name>/Chart.yaml and <name>/values.yaml."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in (("Chart.yaml", yaml.safe_dump(chart, sort_keys=False)), ("values.yaml", yaml.safe_dump(values))):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{chart['name']}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def rancher_chart(version: str) -> dict[str, Any]:
+    """Chart.yaml of rancher <version>: kubeVersion caps Kubernetes at the release's newest supported minor,
+    as upstream writes it (`< 1.N.0-0`)."""
+    support = compat.rancher_support(version)
+    assert support is not None, f"no support row for Rancher {version}"
+    newest = support.kubernetes[1]
+    return {"apiVersion": "v2", "name": "rancher", "version": version.removeprefix("v"), "appVersion": version,
+            "kubeVersion": f"< {newest[0]}.{newest[1] + 1}.0-0"}
+
+
+def rancher_artifacts(root: Path, *, version: str = compat.DEFAULT_RANCHER,
+                      cert_manager_version: str = compat.DEFAULT_CERT_MANAGER,
+                      cluster_version: str = compat.DEFAULT_RANCHER_CLUSTER, fail: str | None = None) -> Path:
+    """DIR/helm/bin/helm, DIR/charts/{cert-manager-<v>,rancher-<v>}.tgz and DIR/rke2/<cluster_version>/ (Rancher's own
+    RKE2); fail names a release the helm double refuses to install."""
+    build("helm", root / "helm" / "bin" / "helm", {"version": compat.DEFAULT_HELM, **({"fail": fail} if fail else {})})
+    chart_archive(root / "charts" / f"cert-manager-{cert_manager_version}.tgz",
+                  {"apiVersion": "v2", "name": "cert-manager", "version": cert_manager_version,
+                   "appVersion": cert_manager_version, "kubeVersion": ">= 1.22.0-0"}, CERT_MANAGER_VALUES)
+    chart_archive(root / "charts" / f"rancher-{version.removeprefix('v')}.tgz", rancher_chart(version), RANCHER_VALUES)
+    return rke2_artifacts(root, cluster_version)

@@ -1,4 +1,5 @@
-"""kubectl double: get nodes/pods (json, wide, table) and apply -f, against the API server double.
+"""kubectl double: get nodes/pods (json, wide, table), apply -f, rollout status and patch of a Deployment,
+against the API server double.
 
 The server and credential come from --kubeconfig (or $KUBECONFIG, ~/.kube/config) as kubectl
 reads them; an unreachable server fails the way kubectl does.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,75 @@ def apply(flags: dict[str, str]) -> None:
         print(f"{result['kind'].lower()}/{result['name']} {result['result']}")
 
 
+def _deployment(objects: list[dict[str, Any]], namespace: str, name: str) -> dict[str, Any]:
+    for obj in objects:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name and obj["metadata"].get("namespace", "default") == namespace:
+            return obj
+    die(TOOL, f'Error from server (NotFound): deployments.apps "{name}" not found')
+
+
+def _deployment_name(words: list[str]) -> str:
+    """deploy/NAME, deployment/NAME or `deployment NAME`."""
+    kind, _, name = words[0].partition("/") if words else ("", "", "")
+    if not name and len(words) > 1:
+        kind, name = words[0], words[1]
+    if kind not in ("deploy", "deployment", "deployments") or not name:
+        die(TOOL, f"error: this kubectl double handles deployments only, not {' '.join(words)!r}")
+    return name
+
+
+def _timeout(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text or 0)
+
+
+def rollout_status(flags: dict[str, str], words: list[str]) -> None:
+    """Waits, as kubectl does, until the Deployment's replicas are available (its pods run)."""
+    name, namespace = _deployment_name(words), flags.get("namespace", "default")
+    config = kubeconfig(flags)
+    deadline = time.monotonic() + (_timeout(flags.get("timeout", "0")) or float("inf"))
+    while True:
+        wanted = _deployment(call(config, "GET", "/objects")["items"], namespace, name)["spec"].get("replicas", 1)
+        running = [p for p in call(config, "GET", "/pods")["items"]
+                   if p["metadata"]["namespace"] == namespace and p["metadata"]["name"].rsplit("-", 1)[0] == name
+                   and p["status"]["phase"] == "Running"]
+        if len(running) >= wanted:
+            record(TOOL, command="rollout status", deployment=name, namespace=namespace)
+            print(f'deployment "{name}" successfully rolled out')
+            return
+        print(f'Waiting for deployment "{name}" rollout to finish: {len(running)} of {wanted} updated replicas are available...',
+              flush=True)
+        if time.monotonic() >= deadline:
+            die(TOOL, "error: timed out waiting for the condition")
+        time.sleep(2)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict) or not isinstance(target, dict):
+        return patch
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def patch(flags: dict[str, str], words: list[str]) -> None:
+    """kubectl patch deployment NAME -p JSON: a merge patch (lists replaced whole, as for hostAliases)."""
+    name, namespace = _deployment_name(words), flags.get("namespace", "default")
+    try:
+        change = json.loads(flags.get("patch", ""))
+    except ValueError:
+        die(TOOL, "error: unable to parse \"" + flags.get("patch", "") + "\": not JSON")
+    config = kubeconfig(flags)
+    patched = merge_patch(_deployment(call(config, "GET", "/objects")["items"], namespace, name), change)
+    call(config, "POST", "/objects", {"items": [patched]})
+    record(TOOL, command="patch", deployment=name, namespace=namespace, patch=change)
+    print(f"deployment.apps/{name} patched")
+
+
 def main(argv: list[str]) -> None:
     flags, words = parse(argv)
     record(TOOL, words=words)
@@ -158,5 +229,9 @@ def main(argv: list[str]) -> None:
         get(flags, words[1:])
     elif words[:1] == ["apply"]:
         apply(flags)
+    elif words[:2] == ["rollout", "status"]:
+        rollout_status(flags, words[2:])
+    elif words[:1] == ["patch"]:
+        patch(flags, words[1:])
     else:
         die(TOOL, f"this kubectl double does not implement `kubectl {' '.join(words)}`")

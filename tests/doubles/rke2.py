@@ -1,4 +1,4 @@
-"""rke2 double: `rke2 server` and `rke2 agent` as systemd Type=notify services, and `rke2 etcd-snapshot`.
+"""rke2 double: `rke2 server` and `rke2 agent` as systemd Type=notify services, `rke2 etcd-snapshot`, cluster-reset.
 
 Both read /etc/rancher/rke2/config.yaml and accept only the keys of RKE2's server or agent
 reference (labctl's field sets; real RKE2 skips an unknown key with a warning, which would
@@ -9,6 +9,9 @@ in /var/lib/rancher/rke2/server/node-token, /etc/rancher/rke2/rke2.yaml and the 
 in /var/lib/rancher/rke2/bin; it deploys the CNI with cluster-cidr and CoreDNS. An agent trades
 the token at `server:` for a node credential (the API rejects tokens it never issued) and
 heartbeats. Each tells systemd READY only when that worked, so `systemctl start` fails otherwise.
+A server also runs the pods placed on its node whose images the doubles implement (workloads.py:
+the Rancher server, the cattle-cluster-agent). `rke2 server --cluster-reset` restores a snapshot
+into the datastore and exits, and refuses while the server still runs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import secrets
 import shutil
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,19 @@ import yaml
 
 from labctl.kube import schema
 
-from . import apiserver
-from .common import APIError, api, behaviour, die, kubeconfig_text, new_ca, parse_flags, record, wait_for, write
+from . import apiserver, workloads
+from .common import (
+    APIError,
+    api,
+    behaviour,
+    die,
+    kubeconfig_text,
+    new_ca,
+    parse_flags,
+    record,
+    wait_for,
+    write,
+)
 
 TOOL = "rke2"
 CONFIG = Path("/etc/rancher/rke2/config.yaml")
@@ -100,6 +115,27 @@ def addons(config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def cluster_reset(restore_path: str) -> None:
+    """`rke2 server --cluster-reset --cluster-reset-restore-path=FILE`: the datastore becomes the snapshot, then exit."""
+    if not restore_path:
+        die(TOOL, "this rke2 double resets from a snapshot only: give --cluster-reset-restore-path")
+    snapshot = Path(restore_path)
+    if not snapshot.is_file():
+        die(TOOL, f"failed to restore etcd: snapshot {restore_path} not found")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6443)) == 0:
+            die(TOOL, "etcd cluster-reset needs rke2-server stopped: the API server still answers on 6443")
+    try:
+        json.loads(snapshot.read_text())
+    except ValueError:
+        die(TOOL, f"failed to restore etcd: {restore_path} is not a snapshot")
+    ETCD_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(snapshot, apiserver.state_path(ETCD_DIR))
+    record(TOOL, command="cluster-reset", restore_path=restore_path)
+    print("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
+          "Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes")
+
+
 def server() -> None:
     config = load_config(schema.RKE2_SERVER_KEYS)
     if "server" in config:
@@ -132,6 +168,7 @@ def server() -> None:
         die(TOOL, "kube-apiserver did not become healthy")
     api(local, "POST", "/objects", {"items": addons(config)}, credential=state["admin"])
     record(TOOL, command="server", node=name, token=NODE_TOKEN.read_text().strip(), config=config)
+    threading.Thread(target=workloads.run_forever, args=(local, state["admin"], name, SERVER_DB), daemon=True).start()
     heartbeat_forever(local, name, address, state["own_credential"], config)
 
 
@@ -178,7 +215,9 @@ def etcd_snapshot(words: list[str], flags: dict[str, str]) -> None:
 
 def main(argv: list[str]) -> None:
     flags, words = parse_flags(argv)
-    if words[:1] == ["server"]:
+    if words[:1] == ["server"] and flags.get("cluster-reset") == "true":
+        cluster_reset(flags.get("cluster-reset-restore-path", ""))
+    elif words[:1] == ["server"]:
         server()
     elif words[:1] == ["agent"]:
         agent()

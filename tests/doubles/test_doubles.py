@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 import yaml
@@ -187,3 +188,183 @@ def test_rke2_double_rejects_server_keys_on_an_agent_and_a_node_without_images(r
     with pytest.raises(SystemExit):
         rke2.load_config(schema.RKE2_SERVER_KEYS)
     assert "cannot pull rke2's images" in capsys.readouterr().err
+
+
+RANCHER_LAB = {**RKE2_LAB, "name": "doubles-rancher",
+               "nodes": [{"name": "r", "roles": ["rancher"], "memory": "4GiB"}, *RKE2_LAB["nodes"]],
+               "kubernetes": {"distro": "rke2", "rancher": {"enabled": True}}}
+
+
+@pytest.fixture
+def rancher_parts(tmp_path):
+    """The rancher artifacts (helm double, fake charts) and an RKE2-versioned API double to install into."""
+    root = build.rancher_artifacts(tmp_path / "artifacts")
+    state = apiserver.initial_state(cluster={"name": "local", "pod_subnet": "10.42.0.0/16", "service_subnet": "10.43.0.0/16",
+                                             "dns_domain": "cluster.local", "kubernetes_version": compat.DEFAULT_RANCHER_CLUSTER,
+                                             "endpoint": "127.0.0.1:0"},
+                                    ca_pem=new_ca(), admin_credential="admin-secret")
+    state["node_credentials"]["node-secret"] = {"node": "r", "token": None}
+    apiserver.write_state(tmp_path / "db", state)
+    double = apiserver.Server("127.0.0.1", 0, tmp_path / "db")
+    double.start()
+    server = f"https://127.0.0.1:{double.httpd.server_address[1]}"
+    api(server, "PUT", "/nodes/r", {"address": "127.0.0.1"}, credential="node-secret")
+    api(server, "POST", "/objects", {"items": list(yaml.safe_load_all(build.cni_manifest("canal").replace(
+        "10.244.0.0/16", "10.42.0.0/16")))}, credential="admin-secret")
+    kubeconfig = tmp_path / "rke2.yaml"
+    kubeconfig.write_text(common.kubeconfig_text("default", server, state["ca"], "default", "admin-secret"))
+    yield {"root": root, "server": server, "kubeconfig": kubeconfig, "tmp": tmp_path}
+    double.stop()
+
+
+def helm(parts, *args: str) -> subprocess.CompletedProcess[str]:
+    """The built helm double, as labctl runs it on the rancher node (KUBECONFIG in the environment)."""
+    return subprocess.run([sys.executable, "-I", str(parts["root"] / "helm" / "bin" / "helm"), *args],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={"KUBECONFIG": str(parts["kubeconfig"]), "LABCTL_DOUBLES_LOG": str(parts["tmp"] / "log")})
+
+
+def rancher_install_args(parts, lab) -> list[str]:
+    values = parts["tmp"] / "rancher-values.yaml"
+    values.write_text(yaml.safe_dump(render.rancher_helm_values(lab, "bootstrap-secret-pw")))
+    return ["upgrade", "--install", "rancher", str(parts["root"] / "charts" / "rancher-2.14.1.tgz"),
+            "--namespace", "cattle-system", "--create-namespace", "--values", str(values)]
+
+
+def test_helm_double_installs_labctls_charts_and_registers_the_releases(rancher_parts):
+    lab = parse_lab(RANCHER_LAB)
+    chart = str(rancher_parts["root"] / "charts" / f"cert-manager-{compat.DEFAULT_CERT_MANAGER}.tgz")
+    assert helm(rancher_parts, *render.cert_manager_install_args(lab, chart)).returncode == 0
+    installed = helm(rancher_parts, *rancher_install_args(rancher_parts, lab))
+    assert installed.returncode == 0, installed.stderr
+    assert "REVISION: 1" in installed.stdout
+    objects = api(rancher_parts["server"], "GET", "/objects", credential="admin-secret")["items"]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {("Secret", "sh.helm.release.v1.rancher.v1"), ("Secret", "sh.helm.release.v1.cert-manager.v1"),
+            ("Namespace", "cattle-system"), ("Deployment", "rancher"), ("Issuer", "rancher")} <= names
+    deployment, = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "rancher"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"rancher/rancher:{compat.DEFAULT_RANCHER}"
+    assert "REVISION: 2" in helm(rancher_parts, *rancher_install_args(rancher_parts, lab)).stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda args, root: [*args[:3], str(root / "charts" / "rancher-9.9.9.tgz"), *args[4:]], 'Error: path "'),
+    (lambda args, root: [a for a in args if a != "--create-namespace"],
+     'Error: INSTALLATION FAILED: create: failed to create: namespaces "cattle-system" not found'),
+    (lambda args, root: [*args, "--set", "ingress.tls.sourc=rancher"],
+     "- (root): Additional property ingress.tls.sourc is not allowed"),
+    (lambda args, root: [*args, "--timeout", "ten minutes"], 'invalid duration "ten minutes"'),
+])
+def test_helm_double_rejects_what_helm_rejects(rancher_parts, change, message):
+    lab = parse_lab(RANCHER_LAB)
+    chart = str(rancher_parts["root"] / "charts" / f"cert-manager-{compat.DEFAULT_CERT_MANAGER}.tgz")
+    assert helm(rancher_parts, *render.cert_manager_install_args(lab, chart)).returncode == 0
+    refused = helm(rancher_parts, *change(rancher_install_args(rancher_parts, lab), rancher_parts["root"]))
+    assert refused.returncode == 1
+    assert message in refused.stderr, refused.stderr
+
+
+def test_helm_double_needs_cert_managers_crds_and_a_chart_for_the_clusters_kubernetes(rancher_parts):
+    lab = parse_lab(RANCHER_LAB)
+    chart = str(rancher_parts["root"] / "charts" / f"cert-manager-{compat.DEFAULT_CERT_MANAGER}.tgz")
+    without_crds = [a for a in render.cert_manager_install_args(lab, chart) if a not in ("--set", "crds.enabled=true")]
+    assert helm(rancher_parts, *without_crds).returncode == 0
+    refused = helm(rancher_parts, *rancher_install_args(rancher_parts, lab))
+    assert 'no matches for kind "Issuer" in version "cert-manager.io/v1"' in refused.stderr
+    # Rancher 2.11's chart stops at Kubernetes 1.32; the cluster runs 1.34.
+    build.chart_archive(rancher_parts["root"] / "charts" / "rancher-2.14.1.tgz", build.rancher_chart("v2.11.3"),
+                        build.RANCHER_VALUES)
+    refused = helm(rancher_parts, *rancher_install_args(rancher_parts, lab))
+    assert refused.returncode == 1
+    assert f"chart requires kubeVersion: < 1.33.0-0 which is incompatible with Kubernetes {compat.DEFAULT_RANCHER_CLUSTER}" \
+        in refused.stderr
+
+
+def test_helm_double_built_to_fail_fails_the_rancher_release(rancher_parts):
+    build.rancher_artifacts(rancher_parts["root"], fail="rancher")
+    refused = helm(rancher_parts, *rancher_install_args(rancher_parts, parse_lab(RANCHER_LAB)))
+    assert refused.returncode == 1
+    assert "this helm double was built to fail the install of release rancher" in refused.stderr
+
+
+class LocalNode:
+    """Runs the rancher node's commands here; curl's Rancher address moves from 443 to the double's port."""
+
+    name = "r"
+
+    def __init__(self, hostname: str, port: int):
+        self.rewrites = ((f"{hostname}:443:", f"{hostname}:{port}:"), (f"https://{hostname}/", f"https://{hostname}:{port}/"))
+
+    def run(self, command, *, sudo=False, check=True, timeout=None, stdin=None):
+        from labctl import runner
+        from labctl.transport import Result
+        for old, new in self.rewrites:
+            command = command.replace(old, new)
+        proc = runner.run(["sh", "-c", command], check=False, capture=True, input=stdin, timeout=timeout)
+        return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+@pytest.fixture
+def rancher_server(tmp_path):
+    from tests.doubles import rancher
+    lab = parse_lab(RANCHER_LAB)
+    server = rancher.Rancher(tmp_path / "rancher.json", hostname=render.rancher_hostname(lab),
+                             bootstrap_password="right-password", version=compat.DEFAULT_RANCHER, address="127.0.0.1", port=0)
+    server.start()
+    yield lab, server
+    server.stop()
+
+
+def test_rancher_double_answers_labctls_import_calls(rancher_server):
+    from labctl.errors import CommandFailed
+    from labctl.kube.rancher import RancherAPI, wait_up
+    lab, server = rancher_server
+    node = LocalNode(render.rancher_hostname(lab), server.port)
+    wait_up(lab, node, timeout=10)
+    refused = RancherAPI(lab, node)
+    with pytest.raises(CommandFailed) as wrong:
+        refused.login("wrong-password")
+    assert "401" in wrong.value.details
+    with pytest.raises(CommandFailed):
+        refused.call("GET", "/v3/clusters")  # no token: 401 must authenticate
+    client = RancherAPI(lab, node)
+    client.login("right-password")
+    url = client.manifest_url("doubles-rancher", timeout=20)
+    assert url.startswith(f"https://{render.rancher_hostname(lab)}/v3/import/") and url.endswith(".yaml")
+    again = RancherAPI(lab, node)
+    again.login("right-password")
+    assert again.manifest_url("doubles-rancher", timeout=20) == url  # found, not created twice
+    manifest = node.run(f"curl -ksS --fail --resolve {render.rancher_hostname(lab)}:443:127.0.0.1 {url}").stdout
+    agent, = [d for d in yaml.safe_load_all(manifest) if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in agent["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CATTLE_SERVER"] == f"https://{render.rancher_hostname(lab)}"
+    assert [c["state"] for c in server.state["clusters"].values() if c["name"] == "doubles-rancher"] == ["pending"]
+
+
+def test_cluster_agent_reaches_rancher_through_its_host_alias_only(rancher_server, rancher_parts):
+    from tests.doubles import kubectl, rancher
+    lab, server = rancher_server
+    host = render.rancher_hostname(lab)
+    token = "token-x"
+    server.state["tokens"][token] = {"user": "user-admin"}
+    call = lambda method, path, body=None: server.route(method, path, {"Authorization": f"Bearer {token}"}, body)
+    # The agent dials the URL's port; here the double's, on 443 in the lab.
+    call("PUT", "/v3/settings/server-url", {"value": f"https://{host}:{server.port}"})
+    _, cluster = call("POST", "/v3/clusters", {"type": "cluster", "name": "imported"})
+    _, registration = call("POST", "/v3/clusterregistrationtokens", {"type": "clusterRegistrationToken", "clusterId": cluster["id"]})
+    _, manifest = server.route("GET", urllib.parse.urlsplit(registration["manifestUrl"]).path, {}, None)
+    lab_api = rancher_parts["server"]
+    api(lab_api, "POST", "/objects", {"items": list(yaml.safe_load_all(manifest))}, credential="admin-secret")
+    pod = rancher.Pod(lab_api, "admin-secret", "cattle-system", rancher.AGENT, rancher_parts["tmp"])
+    with pytest.raises(OSError, match=f"lookup {host}: no such host"):
+        rancher.connect_agent(pod)
+    deployment, = [o for o in api(lab_api, "GET", "/objects", credential="admin-secret")["items"]
+                   if o["kind"] == "Deployment" and o["metadata"]["name"] == rancher.AGENT]
+    aliased = kubectl.merge_patch(deployment, {"spec": {"template": {"spec": {"hostAliases": [
+        {"ip": "127.0.0.1", "hostnames": [host]}]}}}})
+    api(lab_api, "POST", "/objects", {"items": [aliased]}, credential="admin-secret")
+    assert rancher.connect_agent(pod) == cluster["id"]
+    _, shown = call("GET", f"/v3/clusters/{cluster['id']}")
+    assert (shown["state"], shown["driver"]) == ("active", "imported")
+    assert shown["version"]["gitVersion"] == compat.DEFAULT_RANCHER_CLUSTER
