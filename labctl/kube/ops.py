@@ -115,7 +115,11 @@ def snapshot_restore(lab: Lab, executors: dict[str, Executor], name: str, report
         for executor in (first, *others):
             sh(executor, "systemctl stop rke2-server")
         reporter.phase(masters[0].name, "etcd", f"cluster-reset from {name}")
-        sh(first, f"rke2 server --cluster-reset --cluster-reset-restore-path={RKE2_SNAPSHOT_DIR}/{name}*", timeout=3600)
+        # A glob inside `--flag=PATH*` never expands (the word starts with the flag): resolve the file first.
+        # `rke2 etcd-snapshot save --name N` writes N-<node>-<timestamp>; the newest one wins.
+        sh(first, f"snapshot=$(ls -1t {RKE2_SNAPSHOT_DIR}/{name}-* 2>/dev/null | head -n1); "
+                  f"if [ -z \"$snapshot\" ]; then echo 'no snapshot {name} in {RKE2_SNAPSHOT_DIR}' >&2; exit 1; fi; "
+                  "rke2 server --cluster-reset --cluster-reset-restore-path=\"$snapshot\"", timeout=3600)
         sh(first, "systemctl start rke2-server", timeout=1800)
         for executor in others:
             sh(executor, "rm -rf /var/lib/rancher/rke2/server/db && systemctl start rke2-server", timeout=1800)

@@ -76,7 +76,9 @@ def test_rke2_restore_stops_resets_and_starts():
     ops.snapshot_restore(lab_with({"distro": "rke2"}), nodes, "snap1", QuietReporter())
     commands = [c for c, _, _ in nodes["kube-master"].commands]
     assert commands[0] == "systemctl stop rke2-server"
-    assert "--cluster-reset --cluster-reset-restore-path=/var/lib/rancher/rke2/server/db/snapshots/snap1*" in commands[1]
+    # The snapshot file is resolved before the flag: a glob glued to `--flag=` would reach rke2 unexpanded.
+    assert "ls -1t /var/lib/rancher/rke2/server/db/snapshots/snap1-* " in commands[1]
+    assert 'rke2 server --cluster-reset --cluster-reset-restore-path="$snapshot"' in commands[1]
     assert commands[2] == "systemctl start rke2-server"
 
 
