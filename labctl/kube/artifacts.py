@@ -9,7 +9,7 @@
     <rancher.artifacts>/helm/bin/helm
     <rancher.artifacts>/charts/{cert-manager-<v>.tgz,rancher-<v>.tgz}
     <rancher.artifacts>/rke2/<cluster_version>/...   as above, for Rancher's own cluster (helm mode)
-    <rancher.artifacts>/images/*.tar                 Rancher images (docker load / RKE2 image dir)
+    <rancher.artifacts>/images/*.tar                 Rancher's image for docker mode (docker load)
 
 The shapes follow each project's air-gap instructions: https://docs.rke2.io/install/airgap,
 https://kubernetes.io/docs/setup/production-environment/tools/kubeadm/install-kubeadm/#without-a-package-manager,
@@ -26,8 +26,13 @@ from labctl.lab import Lab
 RKE2_FILES = ("install.sh", "rke2.linux-amd64.tar.gz", "rke2-images.linux-amd64.tar.zst", "sha256sum-amd64.txt")
 
 
+def kubeadm_subdir(version: str) -> str:
+    """kubeadm/v1.35.3 whether the lab writes v1.35.3 or 1.35.3."""
+    return f"kubeadm/v{version.removeprefix('v')}"
+
+
 def kubeadm_dir(root: Path, version: str) -> Path:
-    return root / "kubeadm" / version
+    return root / kubeadm_subdir(version)
 
 
 def rke2_dir(root: Path, version: str) -> Path:

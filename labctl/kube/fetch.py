@@ -36,7 +36,6 @@ PARTIAL_DIR = ".partial"
 # Release locations, as each project's install instructions give them.
 K8S_RELEASES = "https://dl.k8s.io/release"
 CRI_TOOLS_RELEASES = "https://github.com/kubernetes-sigs/cri-tools/releases/download"
-CRI_DOCKERD_RELEASES = "https://github.com/Mirantis/cri-dockerd/releases/download"
 RKE2_RELEASES = "https://github.com/rancher/rke2/releases/download"
 RKE2_INSTALL_SCRIPT = "https://get.rke2.io"
 RKE_RELEASES = "https://github.com/rancher/rke/releases/download"
@@ -190,8 +189,7 @@ def _kubeadm(lab: Lab, dest: Path) -> list[Item]:
     manifest = dest / "cni" / f"{cni}.yaml"
     items.append(Download(compat.CNI_MANIFESTS[cni], manifest, Checksum("none")))
     if kube.runtime == "docker":
-        version = kubeadm.CRI_DOCKERD_VERSION
-        items.append(Download(f"{CRI_DOCKERD_RELEASES}/v{version}/cri-dockerd-{version}.amd64.tgz",
+        items.append(Download(kubeadm.CRI_DOCKERD_URL,
                               dest / "cri-dockerd" / "bin" / "cri-dockerd", Checksum("none"),
                               member="cri-dockerd/cri-dockerd", mode=0o755))
     images = home / "images"

@@ -45,13 +45,15 @@ ExecStart=
 ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
 """
 CRI_DOCKERD_VERSION = "0.3.20"
+CRI_DOCKERD_URL = (f"https://github.com/Mirantis/cri-dockerd/releases/download/v{CRI_DOCKERD_VERSION}/"
+                   f"cri-dockerd-{CRI_DOCKERD_VERSION}.amd64.tgz")
 # cri-dockerd's own systemd units (https://github.com/Mirantis/cri-dockerd/tree/master/packaging/systemd).
 CRI_DOCKERD_SETUP = f"""
 if [ ! -x /usr/local/bin/cri-dockerd ]; then
   if [ -x {remote.STAGE_DIR}/cri-dockerd/bin/cri-dockerd ]; then
     install -m 0755 {remote.STAGE_DIR}/cri-dockerd/bin/cri-dockerd /usr/local/bin/
   else
-    curl -fsSL https://github.com/Mirantis/cri-dockerd/releases/download/v{CRI_DOCKERD_VERSION}/cri-dockerd-{CRI_DOCKERD_VERSION}.amd64.tgz \\
+    curl -fsSL {CRI_DOCKERD_URL} \\
       | tar -xz -C /usr/local/bin --strip-components=1 cri-dockerd/cri-dockerd
   fi
 fi
@@ -123,7 +125,7 @@ def package_version(version: str) -> str:
 def install_script(lab: Lab) -> str:
     kube = lab.kubernetes
     version = "v" + kube.pinned_version.removeprefix("v")
-    staged = f"{remote.STAGE_DIR}/kubeadm/{version}" if kube.artifacts else ""
+    staged = f"{remote.STAGE_DIR}/{artifacts.kubeadm_subdir(version)}" if kube.artifacts else ""
     docker = kube.runtime == "docker"
     return remote.script(
         "kubeadm-install.sh",
@@ -144,7 +146,7 @@ def install(lab: Lab, node: Node, executor: Executor, reporter: Reporter) -> Non
     kube = lab.kubernetes
     if kube.artifacts is not None:
         reporter.phase(node.name, "kubeadm", "pushing artifacts")
-        subdirs = [f"kubeadm/v{kube.pinned_version.removeprefix('v')}"]
+        subdirs = [artifacts.kubeadm_subdir(kube.pinned_version)]
         if kube.runtime == "docker":
             subdirs.append("cri-dockerd")
         for subdir in subdirs:
