@@ -97,7 +97,7 @@ def overlay_bytes(ns: LabNamespace, domains: list[str]) -> dict[str, int]:
     return sizes
 
 
-def bench_labctl(ns: LabNamespace, labctl: Labctl, lab: Lab, lab_ref: str, timeout: float) -> dict:
+def bench_labctl(ns: LabNamespace, labctl: Labctl, lab: Lab, lab_ref: str, timeout: float, bake: bool) -> dict:
     node_names = [node.name for node in lab.nodes]
 
     def step(*args: str) -> Measured:
@@ -119,6 +119,7 @@ def bench_labctl(ns: LabNamespace, labctl: Labctl, lab: Lab, lab_ref: str, timeo
     leftovers = ns.virsh("list", "--all", "--name").stdout.split()
     if leftovers:
         raise RuntimeError(f"labctl down left domains behind: {leftovers}")
+    baked = bench_bake(step, lab_ref) if bake else {}
     return {
         "image_build_seconds": round(build.seconds, 1),
         "repo_build_seconds": round(repo_seconds, 1),
@@ -128,6 +129,23 @@ def bench_labctl(ns: LabNamespace, labctl: Labctl, lab: Lab, lab_ref: str, timeo
         "down_seconds": round(down.seconds, 1),
         "disk_bytes_per_node": disks,
         "peak_rss_mib": round(max(m.peak_rss_kib for m in (build, cold, warm, down)) / 1024, 1),
+        **baked,
+    }
+
+
+def bench_bake(step, lab_ref: str) -> dict:
+    """`labctl image bake`, then `up` cold from the layers; the layers are removed afterwards."""
+    bake = step("image", "bake", lab_ref, "--json")
+    layers = json.loads(bake.result.stdout)
+    cold = step("up", lab_ref)
+    step("down", lab_ref)
+    for layer in layers:
+        step("image", "rm", layer["name"])
+    return {
+        "bake_seconds": round(bake.seconds, 1),
+        "baked_layers": len(layers),
+        "layer_bytes": sum(layer["size"] for layer in layers),
+        "up_cold_baked_seconds": round(cold.seconds, 1),
     }
 
 
@@ -158,6 +176,14 @@ def table(results: dict) -> str:
             ("  of which until every node was ready", _seconds(lab["vms_ready_seconds"])),
             ("labctl up, warm (lab running)", f"{lab['up_warm_seconds']} s"),
             ("labctl down", f"{lab['down_seconds']} s"),
+        ]
+        if "bake_seconds" in lab:
+            rows += [
+                (f"labctl image bake ({lab['baked_layers']} layers, {lab['layer_bytes'] / 2**20:.0f} MiB)",
+                 f"{lab['bake_seconds']} s"),
+                ("labctl up, cold from the baked layers, provisioned", f"{lab['up_cold_baked_seconds']} s"),
+            ]
+        rows += [
             ("disk per node after up (overlay)", f"{mean_disk / 2**20:.0f} MiB"),
             ("labctl peak RSS", f"{lab['peak_rss_mib']} MiB"),
         ]
@@ -177,6 +203,7 @@ def main() -> int:
     parser.add_argument("--lab", default="default", help="lab name or file (default: the embedded default lab)")
     parser.add_argument("--baseline-only", action="store_true",
                         help="skip labctl; boot only the baseline guests from the cached image")
+    parser.add_argument("--no-bake", action="store_true", help="skip `labctl image bake` and the up from its layers")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds any one step may take")
     args = parser.parse_args()
     # Turn both into exceptions, even where a background launch ignores SIGINT, so the namespace
@@ -186,7 +213,8 @@ def main() -> int:
 
     results: dict = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                 "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
     }
     with LabNamespace() as ns:
         labctl = Labctl(ns, Path(sys.executable).parent / "labctl")
@@ -195,11 +223,12 @@ def main() -> int:
         results["lab"] = {"name": lab.name, "nodes": len(lab.nodes), "vcpus": lab.nodes[0].vcpus,
                           "memory_mib": lab.nodes[0].memory_mib}
         if not args.baseline_only:
-            results["labctl"] = bench_labctl(ns, labctl, lab, args.lab, args.timeout)
+            results["labctl"] = bench_labctl(ns, labctl, lab, args.lab, args.timeout, bake=not args.no_bake)
         image = images.image_path(IMAGE)
         if not image.is_file():
             parser.error(f"{image} is missing: run `labctl image build {IMAGE}` first (or drop --baseline-only)")
         results["baseline"] = bench_baseline(ns, image, lab, args.timeout)
+    results["host"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     lab = results.get("labctl")
     if lab and lab["vms_ready_seconds"]:
         results["ratio_ready"] = round(lab["vms_ready_seconds"] / results["baseline"]["boot_seconds"], 2)

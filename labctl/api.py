@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labctl import accel, aptrepo, hostfirewall, images, names, paths, render
-from labctl.errors import InvalidInput, NotOwned
+from labctl import accel, aptrepo, bake, hostfirewall, images, names, paths, render
+from labctl.errors import InvalidInput, NotOwned, WaitTimeout
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
+from labctl.kube import kubeadm
 from labctl.kube.bootstrap import Outcome, bootstrap
 from labctl.kube.checks import check_lab as check_kubernetes
 from labctl.lab import Accel, Lab, Node, load_lab
 from labctl.parallel import in_parallel
-from labctl.provision.packages import check_source as check_package_source
-from labctl.provision.ports import check_node_ports as check_ports
-from labctl.kube import kubeadm
-from labctl.provision.run import ProvisionSummary, lab_packages, run_playbooks
 from labctl.progress import Reporter
+from labctl.provision.packages import check_source as check_package_source
+from labctl.provision.packages import local_repository
+from labctl.provision.playbook import load_playbook, render_steps
+from labctl.provision.ports import check_node_ports as check_ports
+from labctl.provision.run import (
+    ProvisionSummary,
+    lab_packages,
+    node_packages,
+    run_playbooks,
+)
+from labctl.provision.runner import NodeRun
 from labctl.ready import NodeWait, probe_quick
 from labctl.transport import Result, SSHExecutor
 
@@ -96,10 +106,11 @@ def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None =
 
     Every phase skips what is already done, so `up` also resumes a failed or interrupted run.
     """
-    statuses = start_vms(lab, uri, reporter=reporter, accel_override=accel_override)
     keys = lab_keys(lab)
     execs = executors(lab, keys)
     try:
+        # The probes' connections to nodes that are already up carry on into provisioning.
+        statuses = start_vms(lab, uri, reporter=reporter, accel_override=accel_override, ssh=execs)
         summary = run_playbooks(lab, execs, reporter=reporter, state_dir=paths.lab_dir(lab.name), keys=keys)
         outcome = None
         if lab.kubernetes.distro != "none" or lab.kubernetes.rancher.enabled:
@@ -110,10 +121,16 @@ def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None =
     return UpResult(statuses, summary, outcome)
 
 
-def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None) -> list[NodeStatus]:
-    """Create whatever VM of the lab is missing, start it, and wait until every node is ready."""
+def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None = None,
+              ssh: dict[str, SSHExecutor] | None = None) -> list[NodeStatus]:
+    """Create whatever VM of the lab is missing, start it, and wait until every node is ready.
+
+    Connections in `ssh` are the caller's to close; without it, connections are made and closed here.
+    """
     image_records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
     keys = lab_keys(lab)
+    owned = ssh is None
+    ssh = ssh if ssh is not None else executors(lab, keys)
     state = _load_state(lab)
     with Hypervisor(uri) as hv:
         choice = accel.choose(accel_override or lab.accel, local=hv.is_local)
@@ -125,9 +142,12 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
         network = hv.ensure_network(names.network_name(lab), render.network_xml(lab), lab.network.subnet)
         if hv.is_local:  # a remote host's firewalld is not ours to change
             hostfirewall.allow_bridge(names.bridge_name(lab), paths.lab_dir(lab.name), reporter=reporter)
-        domains = {node.name: _ensure_domain(hv, pool, lab, node, keys, bases[node.image], choice.domain_type)
+        backing = _node_backing(hv, lab, keys, image_records, bases, reporter)
+        domains = {node.name: _ensure_domain(hv, pool, lab, node, keys, backing[node.name], choice.domain_type)
                    for node in lab.nodes}
-        ssh = {node.name: executor(lab, node, keys) for node in lab.nodes}
+        layered = sorted(name for name, (_, fresh) in domains.items() if fresh and backing[name] not in bases.values())
+        if layered:
+            reporter.info(f"{', '.join(layered)}: disk over a baked layer (packages already installed)")
 
         def already_up(node: Node) -> bool:
             dom, fresh = domains[node.name]
@@ -139,7 +159,8 @@ def start_vms(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel |
         for node in lab.nodes:
             dom, _ = domains[node.name]
             if up_now[node.name]:
-                ssh[node.name].close()
+                if owned:
+                    ssh[node.name].close()
                 reporter.phase(node.name, "ready", "already up")
                 continue
             hv.start_domain(dom)
@@ -165,7 +186,7 @@ def _ensure_base_volumes(hv: Hypervisor, records: dict, reporter: Reporter) -> d
     pool = hv.ensure_pool(names.IMAGES_POOL, render.pool_xml(names.IMAGES_POOL, pool_path), pool_path)
     bases = {}
     for name, record in records.items():
-        vol_name = f"{name}-{record.sha256[:12]}.qcow2"
+        vol_name = names.base_volume(name, record.sha256)
         vol = hv.volume(pool, vol_name)
         if vol is None:
             reporter.info(f"copying image {name} into the libvirt pool {names.IMAGES_POOL}")
@@ -174,6 +195,27 @@ def _ensure_base_volumes(hv: Hypervisor, records: dict, reporter: Reporter) -> d
         else:
             bases[name] = vol.path()
     return bases
+
+
+def _node_backing(hv: Hypervisor, lab: Lab, keys: LabKeys, records: dict, bases: dict[str, str],
+                  reporter: Reporter) -> dict[str, str]:
+    """Each node's backing file: the layer baked for it when there is one that fits, else its base image."""
+    backing = {node.name: bases[node.image] for node in lab.nodes}
+    if not lab.provisioning.enabled:
+        return backing
+    pool = hv.pool(names.IMAGES_POOL)
+    volumes = {name: names.base_volume(name, record.sha256) for name, record in records.items()}
+    for layer in bake.plan(lab, volumes, node_packages(lab, keys)):
+        vol = hv.volume(pool, layer.volume)
+        if vol is None:
+            continue
+        capacity = vol.info()[1]
+        for node in map(lab.node, layer.nodes):
+            if capacity <= node.disk:
+                backing[node.name] = vol.path()
+            else:
+                reporter.info(f"{node.name}: baked layer {layer.volume} is larger than its disk; using the base image")
+    return backing
 
 
 def _ensure_domain(hv: Hypervisor, pool, lab: Lab, node: Node, keys: LabKeys, base: str, domain_type: str):
@@ -231,6 +273,118 @@ def build_package_repos(lab: Lab) -> list[Path]:
     if lab.kubernetes.distro == "kubeadm":
         package_sets.append(kubeadm.apt_packages(lab))
     return [aptrepo.build_repo(packages, suite=suite, arch="amd64") for packages in package_sets]
+
+
+# ---- image bake ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BakedLayer:
+    name: str
+    image: str
+    nodes: list[str]
+    packages: list[str]
+    size: int  # bytes the layer occupies on the host
+    seconds: float | None  # time to bake it; None when it was there already
+
+
+def bake_images(lab: Lab, uri: str, *, reporter: Reporter) -> list[BakedLayer]:
+    """Make the baked layers the lab's nodes would use that do not exist yet (see labctl.bake)."""
+    records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
+    packages = node_packages(lab, lab_keys(lab))
+    with Hypervisor(uri) as hv:
+        _ensure_base_volumes(hv, records, reporter)
+        volumes = {name: names.base_volume(name, record.sha256) for name, record in records.items()}
+        layers = bake.plan(lab, volumes, packages)
+        if not layers:
+            raise InvalidInput(f"the playbooks install no packages on lab {lab.name}'s nodes: nothing to bake")
+        images_pool = hv.pool(names.IMAGES_POOL)
+        todo = [layer for layer in layers if hv.volume(images_pool, layer.volume) is None]
+        subnet = hv.free_subnet(bake.SUBNETS) if todo else None
+    seconds: dict[str, float] = {}
+    if todo:
+        temp = bake.bake_lab(lab, todo, subnet)
+        down(temp, uri, reporter=reporter)  # what an interrupted bake left
+        try:
+            seconds = _bake(lab, temp, todo, uri, records, reporter)
+        finally:
+            down(temp, uri, reporter=reporter)
+    with Hypervisor(uri) as hv:
+        pool = hv.pool(names.IMAGES_POOL)
+        return [BakedLayer(layer.volume, layer.image, list(layer.nodes), list(layer.packages),
+                           hv.volume(pool, layer.volume).info()[2], seconds.get(layer.key))
+                for layer in layers]
+
+
+def _bake(lab: Lab, temp: Lab, layers: list[bake.Layer], uri: str, records: dict,
+          reporter: Reporter) -> dict[str, float]:
+    start = time.monotonic()
+    keys = lab_keys(temp)
+    playbook = load_playbook()
+    execs = executors(temp, keys)
+    seconds: dict[str, float] = {}
+
+    def bake_one(pair: tuple[Node, bake.Layer]) -> None:
+        node, layer = pair
+        ssh = execs[node.name]
+        steps = [s for s in render_steps(playbook, temp, node, keys) if s.name == "apt-source"]
+        run = NodeRun(ssh, [*steps, bake.install_step(playbook, layer)], {}, reporter=reporter,
+                      log_dir=paths.lab_dir(lab.name) / "bake-logs", force=True, attempts=temp.provisioning.retries,
+                      default_timeout=temp.provisioning.step_timeout)
+        run.run()
+        reporter.phase(node.name, "cleaning", "user, keys, cloud-init state, apt lists")
+        ssh.run(bake.cleanup_script(temp.ssh_user), sudo=True)
+        ssh.close()
+        with Hypervisor(uri) as hv:
+            dom = hv.domain(names.domain_name(temp, node))
+            if not hv.wait_shut_off(dom, timeout=600):
+                raise WaitTimeout(f"bake VM {node.name} did not power off within 600 s",
+                                  resolution=f"see its console log {console_log(temp, node)}")
+            reporter.phase(node.name, "saving", layer.volume)
+            disk = hv.volume(hv.pool(names.pool_name(temp)), names.disk_volume(node))
+            hv.copy_volume(disk, hv.pool(names.IMAGES_POOL), layer.volume)
+        seconds[layer.key] = round(time.monotonic() - start, 1)
+        reporter.phase(node.name, "baked", layer.volume)
+
+    source = contextlib.nullcontext()
+    if lab.packages.source == "local":
+        suite = records[layers[0].image].suite
+        source = local_repository(temp, lab_packages(lab, lab_keys(lab)), suite=suite, arch="amd64",
+                                  reporter=reporter)
+    try:
+        start_vms(temp, uri, reporter=reporter, ssh=execs)
+        with source:
+            in_parallel(list(zip(temp.nodes, layers)), bake_one, "baking")
+    finally:
+        for ssh in execs.values():
+            ssh.close()
+    return seconds
+
+
+def baked_layers(uri: str) -> list[dict]:
+    """Every baked layer in the images pool, with the lab volumes backed by it."""
+    with Hypervisor(uri) as hv:
+        pool = hv.pool(names.IMAGES_POOL)
+        if pool is None:
+            return []
+        pool.refresh(0)
+        users = hv.backing_paths()
+        return [{"name": vol.name(), "path": vol.path(), "size": vol.info()[2],
+                 "used_by": sorted(path for path, backing in users.items() if backing == vol.path())}
+                for vol in hv.volumes(pool) if vol.name().startswith(names.LAYER_PREFIX)]
+
+
+def remove_layer(uri: str, name: str) -> None:
+    """Delete a baked layer no lab disk is backed by."""
+    layer = next((layer for layer in baked_layers(uri) if layer["name"] == name), None)
+    if layer is None:
+        raise InvalidInput(f"no baked layer {name}", resolution="see `labctl image layers`")
+    if layer["used_by"]:
+        raise InvalidInput(f"baked layer {name} backs {len(layer['used_by'])} lab disk(s)",
+                           details="\n".join(f"  {path}" for path in layer["used_by"]),
+                           resolution="`labctl down` the labs using it first")
+    with Hypervisor(uri) as hv:
+        hv.volume(hv.pool(names.IMAGES_POOL), name).delete(0)
 
 
 # ---- status, down, render, ssh ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,35 @@ class Hypervisor:
             raise
         return vol.path()
 
+    def copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str) -> str:
+        """Copy a qcow2 volume's file as it is (a layer keeps its backing file) into another pool."""
+        length = source.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        stream = self.conn.newStream(0)
+        self._call(f"read volume {source.name()}", source.download, stream, 0, length, 0)
+        try:
+            path = self.upload_volume(pool, name, _StreamReader(stream), length, "qcow2")
+            stream.finish()
+        except BaseException:
+            stream.abort()
+            raise
+        pool.refresh(0)
+        return path
+
+    def volumes(self, pool: libvirt.virStoragePool) -> list[libvirt.virStorageVol]:
+        return pool.listAllVolumes(0)
+
+    def backing_paths(self) -> dict[str, str]:
+        """{volume path: its backing file} for every volume of labctl's pools."""
+        found = {}
+        for pool in self.conn.listAllStoragePools(0):
+            if not pool.name().startswith("labctl-") or not pool.isActive():
+                continue
+            for vol in pool.listAllVolumes(0):
+                backing = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+                if backing:
+                    found[vol.path()] = backing
+        return found
+
     def create_overlay(self, pool: libvirt.virStoragePool, name: str, backing: str, capacity: int) -> str:
         vol_xml = (
             f"<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>"
@@ -180,17 +210,29 @@ class Hypervisor:
         self._call(f"start network {net.name()}", net.create)
 
     def _refuse_subnet_clash(self, name: str, subnet: ipaddress.IPv4Network) -> None:
+        for other, theirs in self._subnets_in_use():
+            if theirs.overlaps(subnet):
+                raise HypervisorError(
+                    f"network {name} would use {subnet}, which overlaps {theirs} of libvirt network {other}",
+                    resolution="set network.subnet in the lab file to an unused range",
+                )
+
+    def free_subnet(self, candidates: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+        used = [theirs for _, theirs in self._subnets_in_use()]
+        for subnet in candidates:
+            if not any(theirs.overlaps(subnet) for theirs in used):
+                return subnet
+        raise HypervisorError(f"every one of {candidates[0]} ... {candidates[-1]} is used by a libvirt network",
+                              resolution="remove a libvirt network you no longer need")
+
+    def _subnets_in_use(self) -> list[tuple[str, ipaddress.IPv4Network]]:
+        found = []
         for other in self.conn.listAllNetworks(0):
             for ip in ET.fromstring(other.XMLDesc(0)).iter("ip"):
                 address, netmask = ip.get("address"), ip.get("netmask") or ip.get("prefix")
-                if not address or ip.get("family") == "ipv6":
-                    continue
-                theirs = ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
-                if theirs.overlaps(subnet):
-                    raise HypervisorError(
-                        f"network {name} would use {subnet}, which overlaps {theirs} of libvirt network {other.name()}",
-                        resolution="set network.subnet in the lab file to an unused range",
-                    )
+                if address and ip.get("family") != "ipv6":
+                    found.append((other.name(), ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)))
+        return found
 
     def dhcp_ip(self, net: libvirt.virNetwork, mac: str) -> str | None:
         try:
@@ -215,6 +257,15 @@ class Hypervisor:
     def start_domain(self, dom: libvirt.virDomain) -> None:
         if not dom.isActive():
             self._call(f"start domain {dom.name()}", dom.create)
+
+    def wait_shut_off(self, dom: libvirt.virDomain, *, timeout: float) -> bool:
+        """Wait for a guest to power itself off; False when it is still running at the deadline."""
+        deadline = time.monotonic() + timeout
+        while dom.isActive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+        return True
 
     def domain_info(self, dom: libvirt.virDomain) -> DomainInfo:
         state, _reason = dom.state()
@@ -252,3 +303,13 @@ class Hypervisor:
             return func(*args)
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"libvirt failed to {what}", details=str(exc)) from exc
+
+
+class _StreamReader:
+    """A libvirt download stream read like a file, to feed an upload."""
+
+    def __init__(self, stream: libvirt.virStream):
+        self._stream = stream
+
+    def read(self, size: int) -> bytes:
+        return self._stream.recv(size)

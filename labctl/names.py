@@ -14,6 +14,7 @@ from labctl.lab import Lab, Node
 XMLNS = "https://labctl.dev/xmlns/owner/1"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, XMLNS)
 IMAGES_POOL = "labctl-images"
+LAYER_PREFIX = "baked-"
 
 
 def owned_uuid(kind: str, name: str) -> str:
@@ -43,3 +44,11 @@ def disk_volume(node: Node) -> str:
 
 def seed_volume(node: Node) -> str:
     return f"{node.name}-seed.iso"
+
+
+def base_volume(image: str, sha256: str) -> str:
+    return f"{image}-{sha256[:12]}.qcow2"
+
+
+def layer_volume(key: str) -> str:
+    return f"{LAYER_PREFIX}{key}.qcow2"

@@ -23,3 +23,16 @@ write_file() {
     chmod "$mode" "$path.labctl-new"
     mv "$path.labctl-new" "$path"
 }
+
+# firewalld orders itself before network-pre.target, and cloud-init's network stage runs after
+# the network yet before sysinit.target: at the next boot systemd breaks that cycle by dropping
+# one of the two (firewalld/firewalld#414, canonical/cloud-init#6502). Starting firewalld once
+# the network is up, a moment later than it would, keeps both.
+firewalld_boot_order() {
+    local unit=/lib/systemd/system/firewalld.service
+    [ -f "$unit" ] || return 0
+    if write_file /etc/systemd/system/firewalld.service 0644 \
+        "$(grep -v -e '^Before=network-pre.target' -e '^Wants=network-pre.target' "$unit" | base64 -w0)"; then
+        systemctl daemon-reload
+    fi
+}

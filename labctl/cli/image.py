@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -10,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Column, Table
 
-from labctl import images
+from labctl import api, images, names
+from labctl.progress import Reporter
 
 
 def _mib(size: int) -> str:
@@ -19,7 +21,7 @@ def _mib(size: int) -> str:
 
 @click.group()
 def image() -> None:
-    """Base images: list, pull from the catalog, import, build."""
+    """Base images: list, pull from the catalog, import, build; baked layers."""
 
 
 @image.command("list")
@@ -71,10 +73,48 @@ def build(name: str) -> None:
 
 
 @image.command()
+@click.argument("lab")
+@click.option("--json", "as_json", is_flag=True, help="print the layers as JSON")
+@click.pass_obj
+def bake(obj: dict, lab: str, as_json: bool) -> None:
+    """Pre-install the packages LAB's nodes get into qcow2 layers that `up` then starts from."""
+    model = api.load(lab)
+    with Reporter() as reporter:
+        layers = api.bake_images(model, obj["uri"], reporter=reporter)
+    if as_json:
+        click.echo(json.dumps([asdict(layer) for layer in layers], indent=2))
+        return
+    rows = Table(Column("layer", no_wrap=True), "image", "nodes", "packages", "size", "baked in")
+    for layer in layers:
+        rows.add_row(layer.name, layer.image, ", ".join(layer.nodes), str(len(layer.packages)), _mib(layer.size),
+                     f"{layer.seconds} s" if layer.seconds is not None else "(already baked)")
+    Console().print(rows)
+
+
+@image.command()
+@click.option("--json", "as_json", is_flag=True, help="print the layers as JSON")
+@click.pass_obj
+def layers(obj: dict, as_json: bool) -> None:
+    """Baked layers in libvirt's images pool, and the lab disks each one backs."""
+    found = api.baked_layers(obj["uri"])
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows = Table(Column("layer", no_wrap=True), "size", "backs")
+    for layer in found:
+        rows.add_row(layer["name"], _mib(layer["size"]), "\n".join(layer["used_by"]) or "-")
+    Console().print(rows)
+
+
+@image.command()
 @click.argument("name")
-def rm(name: str) -> None:
-    """Forget an image and delete its file."""
-    images.remove(name)
+@click.pass_obj
+def rm(obj: dict, name: str) -> None:
+    """Forget an image and delete its file, or delete a baked layer (baked-...) no lab uses."""
+    if name.startswith(names.LAYER_PREFIX):
+            api.remove_layer(obj["uri"], name)
+    else:
+        images.remove(name)
 
 
 COMMANDS: list[click.Command] = [image]

@@ -96,8 +96,13 @@ def _package_source(lab, rendered, pending, facts, reporter: Reporter) -> Iterat
 
 def lab_packages(lab: Lab, keys: LabKeys, *, playbook_dir: Path = PLAYBOOKS_DIR) -> list[str]:
     """The apt packages the playbooks install on the lab's nodes: the local repository's content."""
+    return sorted({p for packages in node_packages(lab, keys, playbook_dir=playbook_dir).values() for p in packages})
+
+
+def node_packages(lab: Lab, keys: LabKeys, *, playbook_dir: Path = PLAYBOOKS_DIR) -> dict[str, tuple[str, ...]]:
+    """{node name: the apt packages the playbooks install on it}, each sorted."""
     playbook = load_playbook(playbook_dir)
-    return _packages_of({n.name: render_steps(playbook, lab, n, keys) for n in lab.nodes})
+    return {n.name: tuple(_packages_of({n.name: render_steps(playbook, lab, n, keys)})) for n in lab.nodes}
 
 
 def _packages_of(plans: Mapping[str, list[RenderedStep]]) -> list[str]:

@@ -28,3 +28,8 @@ def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     """The process, after asserting it succeeded; its output is the failure message otherwise."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+def on(labctl, lab_file: Path, node: str, command: str) -> subprocess.CompletedProcess[str]:
+    """A shell command on a node through `labctl ssh`, whatever its exit status."""
+    return labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)

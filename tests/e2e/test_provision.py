@@ -7,13 +7,12 @@ on the host beforehand (the host's apt reaches the Debian archive); labctl finds
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.labs import ok, write_three_node_lab
+from tests.e2e.labs import ok, on, write_three_node_lab
 
 
 LAB_NAME = "e2e-prov"
@@ -38,10 +37,6 @@ def provisioned(netns, labctl, lab_file, debian_image, local_repo):
     up = ok(labctl("up", str(lab_file), timeout=3000))
     yield {"up": up, "seconds": time.monotonic() - start}
     ok(labctl("down", str(lab_file), timeout=300))
-
-
-def on(labctl, lab_file, node: str, command: str) -> subprocess.CompletedProcess[str]:
-    return labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)
 
 
 def test_docker_runs_a_locally_imported_image_on_every_node(labctl, lab_file, provisioned):

@@ -66,10 +66,55 @@ def test_hosts_lists_every_node_with_fqdn(tmp_path):
 
 def test_firewalld_opens_exactly_the_roles_ports(tmp_path):
     steps, _ = rendered(make_lab(provisioning={"firewall": {"node_ports": {"kube-worker": ["9000-9010/tcp"]}}}), tmp_path)
-    assert 'want_ports="80/tcp 443/tcp"' in steps["rancher-host"]["firewalld"].script
+    assert 'want_ports=" 80/tcp 443/tcp "' in steps["rancher-host"]["firewalld"].script
     worker = steps["kube-worker"]["firewalld"].script
-    assert 'want_ports="9000-9010/tcp 9099/tcp 10250/tcp 10256/tcp 30000-32767/tcp 8472/udp"' in worker
+    assert 'want_ports=" 9000-9010/tcp 9099/tcp 10250/tcp 10256/tcp 30000-32767/tcp 8472/udp "' in worker
     assert "6443/tcp" not in worker
+
+
+FAKE_FIREWALL_CMD = """#!/bin/sh
+echo "$*" >> "$CALLS"
+case "$*" in
+  --get-default-zone) echo public ;;
+  *--list-all*) printf 'public (active)\\n  target: default\\n  services: %s\\n  ports: %s\\n  protocols: %s\\n' \\
+      "$HAVE_SERVICES" "$HAVE_PORTS" "$HAVE_PROTOCOLS" ;;
+  *--list-ports*) [ -z "$NOT_RUNNING" ] || exit 252 ;;
+esac
+"""
+
+
+def _run_firewalld_step(script: str, tmp_path, **have: str) -> list[str]:
+    """The step's shell with firewall-cmd, apt-get and systemctl faked: the firewall-cmd calls it made."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, body in (("firewall-cmd", FAKE_FIREWALL_CMD), ("apt-get", "#!/bin/sh\n"), ("systemctl", "#!/bin/sh\n")):
+        (bin_dir / tool).write_text(body)
+        (bin_dir / tool).chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "NOT_RUNNING": have.get("not_running", ""),
+           "HAVE_SERVICES": have.get("services", ""),
+           "HAVE_PORTS": have.get("ports", ""), "HAVE_PROTOCOLS": have.get("protocols", "")}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True)
+    return calls.read_text().splitlines() if done.returncode == 0 else [f"exit {done.returncode}"]
+
+
+def test_firewalld_changes_the_zone_in_one_call_per_kind_and_reloads_only_after_a_change(tmp_path):
+    steps, _ = rendered(make_lab(), tmp_path)
+    script = steps["rancher-host"]["firewalld"].script
+    calls = _run_firewalld_step(script, tmp_path, services="dhcpv6-client", ports="443/tcp 8080/tcp")
+    assert calls == [
+        "--get-default-zone",
+        "--permanent --zone=public --list-all",
+        "--permanent --zone=public --remove-port=8080/tcp",
+        "--permanent --zone=public --add-port=80/tcp --add-service=ssh",
+        "--reload",
+        "--zone=public --list-ports",
+    ]
+    settled = _run_firewalld_step(script, tmp_path, services="dhcpv6-client ssh", ports="80/tcp 443/tcp")
+    assert settled == ["--get-default-zone", "--permanent --zone=public --list-all", "--zone=public --list-ports"]
+    stopped = _run_firewalld_step(script, tmp_path, services="ssh", ports="80/tcp 443/tcp", not_running="yes")
+    assert stopped == ["exit 252"], "a firewalld that does not run fails the step"
 
 
 def test_firewall_off_leaves_the_step_out(tmp_path):
