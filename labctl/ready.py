@@ -120,9 +120,12 @@ class NodeWait:
 
 
 def probe_quick(executor: SSHExecutor) -> bool:
-    """True when the node answers SSH right now; used to make a second `up` cheap."""
+    """True when the node's sshd lets the lab in right now; used to make a second `up` cheap.
+
+    Authentication alone answers that; running a command would cost another round trip.
+    """
     try:
-        executor.probe()
+        executor.connect()
         return True
     except (SSHUnreachable, HypervisorError):
         return False

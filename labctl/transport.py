@@ -104,6 +104,10 @@ class SSHExecutor:
         """Raise SSHUnreachable unless an SSH session can run a command now."""
         self.run("true", check=True, timeout=self._connect_timeout)
 
+    def connect(self) -> None:
+        """Raise SSHUnreachable unless the node's sshd proves its host key and lets the lab's key in."""
+        self._connect()
+
     def run(
         self, command: str, *, sudo: bool = False, check: bool = True, timeout: float | None = None,
         stdin: bytes | None = None,
