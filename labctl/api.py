@@ -290,6 +290,9 @@ class BakedLayer:
 
 def bake_images(lab: Lab, uri: str, *, reporter: Reporter) -> list[BakedLayer]:
     """Make the baked layers the lab's nodes would use that do not exist yet (see labctl.bake)."""
+    if not lab.provisioning.enabled:
+        raise InvalidInput(f"lab {lab.name} has provisioning.enabled: false, so its nodes start from the base image",
+                           resolution="enable provisioning in the lab file, or skip `image bake` for this lab")
     records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
     packages = node_packages(lab, lab_keys(lab))
     with Hypervisor(uri) as hv:

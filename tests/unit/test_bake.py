@@ -155,3 +155,9 @@ def test_a_layer_that_backs_a_lab_disk_is_not_removed(hv, tmp_path):
     assert api.baked_layers("test:///default") == []
     with pytest.raises(Exception, match="no baked layer"):
         api.remove_layer("test:///default", layer.name())
+
+
+def test_a_lab_that_does_not_provision_has_nothing_to_bake():
+    lab = make_lab(provisioning={"enabled": False})
+    with pytest.raises(Exception, match="provisioning.enabled: false"):
+        api.bake_images(lab, "test:///default", reporter=Reporter())
