@@ -35,14 +35,46 @@ def bootstrap_password(state_dir: Path, reporter: Reporter) -> str:
     return password
 
 
-def _curl(lab: Lab) -> str:
-    host = render.rancher_hostname(lab)
-    return f"curl -ksS --fail --resolve {host}:443:127.0.0.1"
+# HTTPS from the rancher node to its own Rancher, as `curl -ksS --fail --resolve HOST:PORT:127.0.0.1` would do
+# it, but in python3: every labctl guest has python3 (cloud-init needs it), minimal Debian images lack curl.
+# Arguments: METHOD TOKEN HAS_BODY URL; the body comes on stdin; an HTTP error exits 22 as curl --fail does.
+_HTTPS_CLIENT = """
+import http.client, socket, ssl, sys, urllib.parse
+method, token, has_body, url = sys.argv[1:5]
+parts = urllib.parse.urlsplit(url)
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+class Local(http.client.HTTPSConnection):
+    def connect(self):
+        self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", self.port), self.timeout),
+                                        server_hostname=self.host)
+headers = {"Authorization": "Bearer " + token} if token else {}
+body = sys.stdin.buffer.read() if has_body == "1" else None
+if body is not None:
+    headers["Content-Type"] = "application/json"
+try:
+    connection = Local(parts.hostname, parts.port or 443, context=context, timeout=60)
+    connection.request(method, parts.path + ("?" + parts.query if parts.query else ""), body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+except OSError as exc:
+    sys.stderr.write(f"{method} {url}: {exc}\\n")
+    sys.exit(7)
+sys.stdout.write(data.decode(errors="replace"))
+if response.status >= 400:
+    sys.stderr.write(f"{method} {url}: the server answered HTTP {response.status}\\n")
+    sys.exit(22)
+"""
+
+
+def https_command(method: str, url: str, *, token: str = "", body: bool = False) -> str:
+    """The shell command that makes one request from the rancher node to url there (body: JSON on stdin)."""
+    return f"python3 -c {shlex.quote(_HTTPS_CLIENT)} {method} {shlex.quote(token)} {int(body)} {shlex.quote(url)}"
 
 
 def wait_up(lab: Lab, executor: Executor, *, timeout: float) -> None:
     url = f"https://{render.rancher_hostname(lab)}/ping"
-    check = lambda: executor.run(f"{_curl(lab)} {url}", check=False, timeout=30).stdout.strip() == "pong"  # noqa: E731
+    check = lambda: executor.run(https_command("GET", url), check=False, timeout=30).stdout.strip() == "pong"  # noqa: E731
     if not remote.wait_until(check, timeout=timeout, interval=10):
         raise WaitTimeout(f"Rancher did not answer {url} within {timeout:.0f} s",
                           resolution="see `kubectl -n cattle-system get pods` (helm) or `docker logs rancher` on the rancher node")
@@ -107,7 +139,7 @@ def install_docker_mode(lab: Lab, executor: Executor, password: str, reporter: R
 
 
 class RancherAPI:
-    """Rancher's v3 API, called with curl on the rancher node (the hostname resolves there via --resolve)."""
+    """Rancher's v3 API, called on the rancher node itself (its own address stands for the hostname)."""
 
     def __init__(self, lab: Lab, executor: Executor):
         self.lab, self.executor = lab, executor
@@ -115,13 +147,11 @@ class RancherAPI:
         self.token: str | None = None
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        auth = f" -H {shlex.quote('Authorization: Bearer ' + self.token)}" if self.token else ""
-        data = " -H 'Content-Type: application/json' --data-binary @-" if body is not None else ""
-        command = f"{_curl(self.lab)} -X {method}{auth}{data} {shlex.quote(self.base + path)}"
+        command = https_command(method, self.base + path, token=self.token or "", body=body is not None)
         result = self.executor.run(command, check=False, timeout=120,
                                    stdin=json.dumps(body).encode() if body is not None else None)
         if not result.ok:
-            raise CommandFailed(f"Rancher API {method} {path} failed (curl status {result.exit_status})",
+            raise CommandFailed(f"Rancher API {method} {path} failed (exit status {result.exit_status})",
                                 details=result.tail())
         try:
             return json.loads(result.stdout or "{}")
@@ -165,7 +195,7 @@ def import_cluster(lab: Lab, executors: dict[str, Executor], control: Control, p
     api = RancherAPI(lab, executors[rancher_node.name])
     api.login(password)
     url = api.manifest_url(render.cluster_name(lab), timeout=timeout)
-    manifest = executors[rancher_node.name].run(f"{_curl(lab)} {shlex.quote(url)}", check=True, timeout=120).stdout
+    manifest = remote.sh(executors[rancher_node.name], https_command("GET", url), sudo=False, timeout=120).stdout
     reporter.phase(control.node, "rancher", "applying the registration manifest")
     # Nodes and pods must resolve the Rancher hostname; the lab's DNS may not know it.
     for node in lab.nodes:

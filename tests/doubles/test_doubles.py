@@ -289,18 +289,17 @@ def test_helm_double_built_to_fail_fails_the_rancher_release(rancher_parts):
 
 
 class LocalNode:
-    """Runs the rancher node's commands here; curl's Rancher address moves from 443 to the double's port."""
+    """Runs the rancher node's commands here; Rancher's URLs move from port 443 to the double's port."""
 
     name = "r"
 
     def __init__(self, hostname: str, port: int):
-        self.rewrites = ((f"{hostname}:443:", f"{hostname}:{port}:"), (f"https://{hostname}/", f"https://{hostname}:{port}/"))
+        self.rewrite = (f"https://{hostname}/", f"https://{hostname}:{port}/")
 
     def run(self, command, *, sudo=False, check=True, timeout=None, stdin=None):
         from labctl import runner
         from labctl.transport import Result
-        for old, new in self.rewrites:
-            command = command.replace(old, new)
+        command = command.replace(*self.rewrite)
         proc = runner.run(["sh", "-c", command], check=False, capture=True, input=stdin, timeout=timeout)
         return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
@@ -325,7 +324,7 @@ def test_rancher_double_answers_labctls_import_calls(rancher_server):
     refused = RancherAPI(lab, node)
     with pytest.raises(CommandFailed) as wrong:
         refused.login("wrong-password")
-    assert "401" in wrong.value.details
+    assert "the server answered HTTP 401" in wrong.value.details and "authentication failed" in wrong.value.details
     with pytest.raises(CommandFailed):
         refused.call("GET", "/v3/clusters")  # no token: 401 must authenticate
     client = RancherAPI(lab, node)
@@ -335,7 +334,8 @@ def test_rancher_double_answers_labctls_import_calls(rancher_server):
     again = RancherAPI(lab, node)
     again.login("right-password")
     assert again.manifest_url("doubles-rancher", timeout=20) == url  # found, not created twice
-    manifest = node.run(f"curl -ksS --fail --resolve {render.rancher_hostname(lab)}:443:127.0.0.1 {url}").stdout
+    from labctl.kube.rancher import https_command
+    manifest = node.run(https_command("GET", url)).stdout
     agent, = [d for d in yaml.safe_load_all(manifest) if d["kind"] == "Deployment"]
     env = {e["name"]: e["value"] for e in agent["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CATTLE_SERVER"] == f"https://{render.rancher_hostname(lab)}"
