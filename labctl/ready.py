@@ -19,6 +19,7 @@ from labctl.progress import Reporter
 from labctl.transport import SSHExecutor, SSHUnreachable
 
 _DEAD_STATES = {"paused", "crashed", "shut-off"}
+PANIC = b"Kernel panic - not syncing"
 
 
 class _NotYet(Exception):
@@ -61,12 +62,22 @@ class NodeWait:
 
     def _check_alive(self, phase: str) -> None:
         state = self.hv.domain_info(self.domain).state
-        if state in _DEAD_STATES:
+        if state in _DEAD_STATES or self._panicked():
+            what = "kernel panicked" if state not in _DEAD_STATES else f"VM is {state}"
             raise LabctlError(
-                f"{self.node_name}: the VM is {state} during the {phase} phase",
+                f"{self.node_name}: the {what} during the {phase} phase",
                 details=self._console_tail(),
                 resolution="read the console log above; `labctl down` then `labctl up` retries from scratch",
             )
+
+    def _panicked(self) -> bool:
+        """A panicked guest kernel stays 'running' to libvirt; its console says so."""
+        try:
+            with self.console_log.open("rb") as log:
+                log.seek(max(log.seek(0, 2) - 8192, 0))
+                return PANIC in log.read()
+        except OSError:
+            return False
 
     def _lease(self) -> None:
         if self.hv.dhcp_ip(self.network, self.mac) is None:

@@ -70,6 +70,15 @@ def test_a_paused_vm_fails_at_once_with_its_console(tmp_path):
     assert "login:" in info.value.details
 
 
+def test_a_panicked_kernel_fails_at_once_though_libvirt_says_running(tmp_path):
+    node = wait(FakeHypervisor(["running"], lease_after=10**6), FakeSSH(), tmp_path, timeout=600)
+    node.console_log.write_text("x" * 20000 + "\n[ 0.000000] ---[ end Kernel panic - not syncing: IO-APIC + timer doesn't work! ]---\n")
+    with pytest.raises(LabctlError) as info:
+        node.run()
+    assert "kube-master: the kernel panicked during the dhcp phase" in info.value.brief
+    assert "IO-APIC" in info.value.details
+
+
 def test_timeout_names_node_phase_and_console(tmp_path):
     node = wait(FakeHypervisor(["running"], lease_after=10**6), FakeSSH(), tmp_path, timeout=2)
     with pytest.raises(WaitTimeout) as info:
