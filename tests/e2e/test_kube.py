@@ -4,7 +4,8 @@ air-gapped artifacts path, with test doubles (tests/doubles) in place of the Kub
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
 kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
 the SSH mesh) and its snapshot; reset again and RKE2 (server, agent joining with the server's
-token) and its snapshot; down. Packages come from the local repository labctl serves
+token), its snapshot and a restore; Rancher added in helm mode (a helm built to fail first, then
+the real install and the import of the RKE2 cluster); down. Packages come from the local repository labctl serves
 (guests have no route out); `labctl repo-build` makes it on the host beforehand.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labctl.kube import compat
+from labctl.kube import compat, rancher
 from tests.doubles import build
 from tests.e2e.labs import ok
 
@@ -48,7 +50,8 @@ def write_lab(path: Path, kubernetes: dict) -> Path:
         "ssh_user": "labctl",
         "network": {"subnet": f"{SUBNET}.0/24", "domain": "lab.test"},
         "defaults": {"image": "debian-12", "vcpus": 1, "memory": "1GiB", "disk": "4GiB"},
-        "nodes": [{"name": "rancher-host", "roles": ["rancher"]},
+        # Rancher's floor for its host (labctl.kube.checks), for the Rancher tests at the end.
+        "nodes": [{"name": "rancher-host", "roles": ["rancher"], "memory": "3584MiB"},
                   # RKE2's floor for a server (labctl.kube.checks); TCG guests touch only what they use.
                   {"name": "kube-master", "roles": ["master", "etcd"], "memory": "3584MiB"},
                   {"name": "kube-worker", "roles": ["worker"]}],
@@ -262,3 +265,114 @@ def test_rke2_etcd_snapshot(labctl, lab_file, rke2_lab):
     saved = ok(labctl("etcd", "snapshot", "save", str(lab_file), "rke2-before", timeout=600)).stdout
     assert saved.startswith("Snapshot rke2-before-kube-master-")
     assert "rke2-before-kube-master-" in ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
+
+
+def test_rke2_etcd_snapshot_restore(labctl, lab_file, rke2_lab):
+    kubectl = "sudo /var/lib/rancher/rke2/bin/kubectl --kubeconfig /etc/rancher/rke2/rke2.yaml"
+    ok(labctl("etcd", "snapshot", "save", str(lab_file), "restore-point", timeout=600))
+    marker = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after-snapshot", "namespace": "default"}})
+    on(labctl, lab_file, "kube-master", f"echo '{marker}' | {kubectl} apply -f -")
+    ok(labctl("etcd", "snapshot", "restore", str(lab_file), "restore-point", "--yes", timeout=1800))
+    reset, = [e for e in double_log(labctl, lab_file, "kube-master", "rke2") if e.get("command") == "cluster-reset"]
+    saved = [e["name"] for e in double_log(labctl, lab_file, "kube-master", "rke2") if e.get("command") == "etcd-snapshot save"]
+    restore_point, = [name for name in saved if name.startswith("restore-point-")]
+    assert reset["restore_path"] == f"/var/lib/rancher/rke2/server/db/snapshots/{restore_point}"
+    state = json.loads(on(labctl, lab_file, "kube-master",
+                          "sudo cat /var/lib/rancher/rke2/server/db/etcd/labctl-double-apiserver.json"))
+    assert "after-snapshot" not in {o["metadata"]["name"] for o in state["objects"]}
+
+    def all_ready() -> bool:
+        nodes = json.loads(on(labctl, lab_file, "kube-master", f"{kubectl} get nodes -o json"))["items"]
+        return len(nodes) == 2 and all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
+
+    deadline = time.monotonic() + 120
+    while not all_ready():
+        assert time.monotonic() < deadline, "nodes not Ready again within 120 s of the restore"
+        time.sleep(5)
+
+
+def write_rancher_lab(lab_file: Path, labctl_home: Path, rancher_artifacts: Path) -> None:
+    """The RKE2 lab as it runs, plus Rancher in helm mode from rancher_artifacts."""
+    write_lab(lab_file, {**RKE2, "artifacts": str(labctl_home / "artifacts-rke2"),
+                         "rancher": {"enabled": True, "mode": "helm", "artifacts": str(rancher_artifacts)}})
+
+
+@pytest.fixture(scope="module")
+def failed_rancher_up(labctl, labctl_home, lab_file, rke2_lab):
+    """`up` with Rancher added, its helm double built to fail the rancher release."""
+    write_rancher_lab(lab_file, labctl_home, build.rancher_artifacts(labctl_home / "artifacts-rancher-failing", fail="rancher"))
+    return labctl("up", str(lab_file), timeout=3600)
+
+
+def test_failed_rancher_install_fails_up_naming_the_step(failed_rancher_up):
+    assert failed_rancher_up.returncode == 1, failed_rancher_up.stdout + failed_rancher_up.stderr
+    err = failed_rancher_up.stderr
+    assert "rancher-host: `KUBECONFIG=/etc/rancher/rke2/rke2.yaml" in err and "/usr/local/bin/helm upgrade --install" in err, err
+    assert "exited with status 1" in err
+    assert "this helm double was built to fail the install of release rancher" in err
+    assert "Rancher:" not in failed_rancher_up.stdout
+
+
+@pytest.fixture(scope="module")
+def rancher_lab(labctl, labctl_home, lab_file, failed_rancher_up):
+    write_rancher_lab(lab_file, labctl_home, build.rancher_artifacts(labctl_home / "artifacts-rancher"))
+    start = time.monotonic()
+    up = ok(labctl("up", str(lab_file), timeout=3600))
+    print(f"\nRancher (helm) added: labctl up took {time.monotonic() - start:.0f} s")
+    return up
+
+
+def rancher_call(labctl, lab_file: Path, password: str, path: str) -> tuple[int, dict]:
+    """Log in to Rancher from its node as labctl does, then GET path: (the login's exit status, the answer)."""
+    base = f"https://rancher.{LAB_NAME}.lab.test"
+    login = json.dumps({"username": "admin", "password": password, "responseType": "json"})
+    command = rancher.https_command("POST", f"{base}/v3-public/localProviders/local?action=login", body=True)
+    status, _, answer = on(labctl, lab_file, "rancher-host",
+                           f'answer=$(echo {shlex.quote(login)} | {command}); echo $?; echo "$answer"').partition("\n")
+    if status != "0":
+        return int(status), json.loads(answer)
+    token = json.loads(answer)["token"]
+    return 0, json.loads(on(labctl, lab_file, "rancher-host", rancher.https_command("GET", base + path, token=token)))
+
+
+def test_rancher_up_prints_url_password_file_and_nodes(labctl_home, rancher_lab):
+    password_file = labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE
+    assert f"Rancher:    https://rancher.{LAB_NAME}.lab.test  (user admin, password in {password_file})" in rancher_lab.stdout
+    assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
+    assert "kubeconfig: " in rancher_lab.stdout
+    assert re.search(r"^kube-worker\s+Ready\s", rancher_lab.stdout, re.MULTILINE), rancher_lab.stdout
+
+
+def test_rancher_installed_by_helm_with_labs_values(labctl, labctl_home, lab_file, rancher_lab):
+    password = (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).read_text().strip()
+    installs = [e for e in double_log(labctl, lab_file, "rancher-host", "helm") if e.get("command") == "upgrade"]
+    cert_manager = [e for e in installs if e["release"] == "cert-manager"]
+    assert cert_manager and cert_manager[-1]["values"] == {"crds": {"enabled": True}}
+    rancher_release, = [e for e in installs if e["release"] == "rancher"]
+    assert (rancher_release["namespace"], rancher_release["chart_version"]) == ("cattle-system", compat.DEFAULT_RANCHER[1:])
+    assert rancher_release["values"] == {"hostname": f"rancher.{LAB_NAME}.lab.test", "bootstrapPassword": password,
+                                         "replicas": 1, "ingress": {"tls": {"source": "rancher"}}}
+    status, refused = rancher_call(labctl, lab_file, password + "-wrong", "/v3/clusters")
+    assert (status, refused["status"], refused["message"]) == (22, 401, "authentication failed")
+
+
+def test_lab_cluster_imported_and_active_in_rancher(labctl, labctl_home, lab_file, rancher_lab):
+    password = (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).read_text().strip()
+    deadline = time.monotonic() + 180
+    while True:
+        status, answer = rancher_call(labctl, lab_file, password, f"/v3/clusters?name={LAB_NAME}")
+        assert status == 0, answer
+        cluster, = answer["data"]
+        if cluster["state"] == "active":
+            break
+        assert time.monotonic() < deadline, f"cluster not active in Rancher within 180 s: {cluster}"
+        time.sleep(10)
+    assert cluster["driver"] == "imported"
+    assert (cluster["version"]["gitVersion"], cluster["nodeCount"]) == (RKE2["version"], 2)
+    kubectl = double_log(labctl, lab_file, "kube-master", "kubectl")
+    assert any(e.get("command") == "apply" and "Deployment/cattle-cluster-agent" in e["kinds"] for e in kubectl), kubectl
+    patched, = [e for e in kubectl if e.get("command") == "patch"]
+    aliases = patched["patch"]["spec"]["template"]["spec"]["hostAliases"]
+    assert aliases == [{"ip": f"{SUBNET}.11", "hostnames": [f"rancher.{LAB_NAME}.lab.test"]}]
+    connected = [e for e in double_log(labctl, lab_file, "kube-master", "cattle-cluster-agent") if e.get("event") == "connected"]
+    assert [e["cluster"] for e in connected] == [cluster["id"]]
