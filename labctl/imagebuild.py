@@ -47,6 +47,8 @@ _BASE_PACKAGES = (
     "cloud-init", "cloud-guest-utils", "fdisk", "e2fsprogs", "openssh-server", "qemu-guest-agent", "sudo",
     # cloud-init renders network-config v2 as /etc/network/interfaces (its ENI renderer) for ifupdown
     "ifupdown", "isc-dhcp-client", "iproute2", "netbase", "procps",
+    # as in Debian's own cloud images: the online install paths fetch with curl (get.rke2.io, helm, rke)
+    "curl", "ca-certificates",
     # debootstrap does not resolve virtual packages: this provides python3-cryptography's python3-cffi-backend-api-*
     "python3-cffi-backend",
 )
