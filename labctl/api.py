@@ -204,8 +204,7 @@ def _node_backing(hv: Hypervisor, lab: Lab, keys: LabKeys, records: dict, bases:
     if not lab.provisioning.enabled:
         return backing
     pool = hv.pool(names.IMAGES_POOL)
-    volumes = {name: names.base_volume(name, record.sha256) for name, record in records.items()}
-    for layer in bake.plan(lab, volumes, node_packages(lab, keys)):
+    for layer in _layer_plan(lab, keys, records):
         vol = hv.volume(pool, layer.volume)
         if vol is None:
             continue
@@ -216,6 +215,12 @@ def _node_backing(hv: Hypervisor, lab: Lab, keys: LabKeys, records: dict, bases:
             else:
                 reporter.info(f"{node.name}: baked layer {layer.volume} is larger than its disk; using the base image")
     return backing
+
+
+def _layer_plan(lab: Lab, keys: LabKeys, records: dict) -> list[bake.Layer]:
+    """The baked layers the lab's nodes would use, keyed by their base image volumes."""
+    volumes = {name: names.base_volume(name, record.sha256) for name, record in records.items()}
+    return bake.plan(lab, volumes, node_packages(lab, keys))
 
 
 def _ensure_domain(hv: Hypervisor, pool, lab: Lab, node: Node, keys: LabKeys, base: str, domain_type: str):
@@ -294,11 +299,9 @@ def bake_images(lab: Lab, uri: str, *, reporter: Reporter) -> list[BakedLayer]:
         raise InvalidInput(f"lab {lab.name} has provisioning.enabled: false, so its nodes start from the base image",
                            resolution="enable provisioning in the lab file, or skip `image bake` for this lab")
     records = {name: images.resolve(name) for name in sorted({n.image for n in lab.nodes})}
-    packages = node_packages(lab, lab_keys(lab))
     with Hypervisor(uri) as hv:
         _ensure_base_volumes(hv, records, reporter)
-        volumes = {name: names.base_volume(name, record.sha256) for name, record in records.items()}
-        layers = bake.plan(lab, volumes, packages)
+        layers = _layer_plan(lab, lab_keys(lab), records)
         if not layers:
             raise InvalidInput(f"the playbooks install no packages on lab {lab.name}'s nodes: nothing to bake")
         images_pool = hv.pool(names.IMAGES_POOL)
