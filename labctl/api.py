@@ -13,7 +13,7 @@ from labctl import accel, aptrepo, bake, hostfirewall, images, names, paths, ren
 from labctl.errors import InvalidInput, NotOwned, WaitTimeout
 from labctl.hypervisor import Hypervisor
 from labctl.keys import LabKeys, ensure_keys
-from labctl.kube import kubeadm
+from labctl.kube import artifacts, kubeadm
 from labctl.kube.bootstrap import Outcome, bootstrap
 from labctl.kube.checks import check_lab as check_kubernetes
 from labctl.lab import Accel, Lab, Node, load_lab
@@ -106,6 +106,8 @@ def up(lab: Lab, uri: str, *, reporter: Reporter, accel_override: Accel | None =
 
     Every phase skips what is already done, so `up` also resumes a failed or interrupted run.
     """
+    # A missing or wrong air-gapped file is reported before any VM exists, not after provisioning.
+    artifacts.check(lab)
     keys = lab_keys(lab)
     execs = executors(lab, keys)
     try:

@@ -18,7 +18,10 @@ https://ranchermanager.docs.rancher.com/getting-started/installation-and-upgrade
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
+
+import yaml
 
 from labctl.errors import InvalidInput
 from labctl.lab import Lab
@@ -43,6 +46,16 @@ def rke_dir(root: Path, rke_version: str) -> Path:
     return root / "rke" / rke_version
 
 
+def rancher_charts(lab: Lab) -> list[tuple[str, str, Path]]:
+    """(the kubernetes.rancher field that pins it, that version, the archive) per chart helm mode installs."""
+    rancher = lab.kubernetes.rancher
+    if not (rancher.enabled and rancher.artifacts is not None and rancher.mode == "helm"):
+        return []
+    charts = rancher.artifacts / "charts"
+    return [("cert_manager_version", rancher.cert_manager_version, charts / f"cert-manager-{rancher.cert_manager_version}.tgz"),
+            ("version", rancher.version, charts / f"rancher-{rancher.version.removeprefix('v')}.tgz")]
+
+
 def required(lab: Lab) -> list[Path]:
     """Every file the lab's air-gapped install needs (directories of images may be empty)."""
     kube = lab.kubernetes
@@ -62,14 +75,35 @@ def required(lab: Lab) -> list[Path]:
     if rancher.enabled and rancher.artifacts is not None and rancher.mode == "helm":
         root = rancher.artifacts
         needed.append(root / "helm" / "bin" / "helm")
-        needed.append(root / "charts" / f"cert-manager-{rancher.cert_manager_version}.tgz")
-        needed.append(root / "charts" / f"rancher-{rancher.version.removeprefix('v')}.tgz")
+        needed += [archive for _, _, archive in rancher_charts(lab)]
         needed += [rke2_dir(root, rancher.cluster_version) / name for name in RKE2_FILES]
     return needed
 
 
+def chart_version(archive: Path) -> str:
+    """The version a chart archive's Chart.yaml declares ("" if it has none or is no chart)."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = next((m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")), None)
+            text = tar.extractfile(member).read() if member else b""
+        return str((yaml.safe_load(text) or {}).get("version", ""))
+    except (OSError, tarfile.TarError, yaml.YAMLError, AttributeError):
+        return ""
+
+
+def _chart_mismatches(lab: Lab) -> list[str]:
+    """Charts whose Chart.yaml version is not the one the lab pins (a renamed or stale download)."""
+    problems = []
+    for field, pinned, archive in rancher_charts(lab):
+        found = chart_version(archive)
+        if found.removeprefix("v") != pinned.removeprefix("v"):
+            problems.append(f"  {archive}: the chart says version {found or '(none)'}, "
+                            f"kubernetes.rancher.{field} pins {pinned}")
+    return problems
+
+
 def check(lab: Lab) -> None:
-    """Raise InvalidInput listing missing artifact files, before anything is pushed."""
+    """Raise InvalidInput listing missing artifact files and charts of another version, before anything is pushed."""
     missing = [path for path in required(lab) if not path.is_file()]
     if missing:
         raise InvalidInput(
@@ -77,6 +111,14 @@ def check(lab: Lab) -> None:
             details="\n".join(f"  {path}" for path in missing),
             resolution="build it on a connected machine (see docs/kubernetes.md, 'Air-gapped artifacts'), "
             "or remove kubernetes.artifacts / kubernetes.rancher.artifacts to download on the nodes",
+        )
+    mismatched = _chart_mismatches(lab)
+    if mismatched:
+        raise InvalidInput(
+            "a Helm chart in the artifacts directory is not the version the lab pins",
+            details="\n".join(mismatched),
+            resolution="fetch the pinned charts again (`labctl artifacts fetch LAB DIR`), "
+            "or pin the version the chart declares",
         )
 
 

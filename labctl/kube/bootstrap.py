@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.kube import artifacts, cluster, kubeadm, rancher, render, rke, rke2
+from labctl.kube import cluster, kubeadm, rancher, render, rke, rke2
 from labctl.lab import Lab
 from labctl.progress import Reporter
 from labctl.transport import Executor
@@ -59,7 +59,6 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], *, reporter: Reporter, s
     kube = lab.kubernetes
     for note in kube.warnings():
         reporter.warn(note)
-    artifacts.check(lab)
     control = None
     if kube.distro == "kubeadm":
         control = kubeadm.bootstrap(lab, executors, reporter)

@@ -230,8 +230,7 @@ def _rancher(lab: Lab, dest: Path) -> list[Item]:
     helm_archive = f"{HELM_DOWNLOADS}/helm-{compat.DEFAULT_HELM}-linux-amd64.tar.gz"
     helm = dest / "helm" / "bin" / "helm"
     chart_version = cfg.version.removeprefix("v")
-    cert_chart = dest / "charts" / f"cert-manager-{cfg.cert_manager_version}.tgz"
-    rancher_chart = dest / "charts" / f"rancher-{chart_version}.tgz"
+    cert_chart, rancher_chart = (archive for _, _, archive in artifacts.rancher_charts(at(lab, dest)))
     items: list[Item] = [
         Download(helm_archive, helm, Checksum("hash-file", f"{helm_archive}.sha256sum"),
                  member="linux-amd64/helm", mode=0o755),

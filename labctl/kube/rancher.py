@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from labctl.errors import CommandFailed, WaitTimeout
-from labctl.kube import compat, remote, render, rke2
+from labctl.kube import artifacts, compat, remote, render, rke2
 from labctl.kube.cluster import Control, write_private
 from labctl.lab import Lab
 from labctl.progress import Reporter
@@ -93,11 +93,9 @@ def install_helm_mode(lab: Lab, executor: Executor, password: str, reporter: Rep
     if rancher_cfg.artifacts is not None:
         remote.push_file(executor, rancher_cfg.artifacts / "helm" / "bin" / "helm", HELM, mode=0o755)
         charts = f"{remote.STAGE_DIR}/charts"
-        remote.stage(executor, rancher_cfg.artifacts / "charts",
-                     [Path(f"cert-manager-{rancher_cfg.cert_manager_version}.tgz"),
-                      Path(f"rancher-{rancher_cfg.version.removeprefix('v')}.tgz")], charts)
-        cert_chart = f"{charts}/cert-manager-{rancher_cfg.cert_manager_version}.tgz"
-        rancher_chart = f"{charts}/rancher-{rancher_cfg.version.removeprefix('v')}.tgz"
+        cert_archive, rancher_archive = (archive for _, _, archive in artifacts.rancher_charts(lab))
+        remote.stage(executor, rancher_cfg.artifacts / "charts", [Path(cert_archive.name), Path(rancher_archive.name)], charts)
+        cert_chart, rancher_chart = f"{charts}/{cert_archive.name}", f"{charts}/{rancher_archive.name}"
         version_args: list[str] = []
     else:
         remote.sh(executor, f"curl -fsSL https://get.helm.sh/helm-{compat.DEFAULT_HELM}-linux-amd64.tar.gz "
@@ -165,8 +163,8 @@ class RancherAPI:
             raise CommandFailed("Rancher refused the bootstrap password", details=json.dumps(answer)[:2000])
         self.token = answer["token"]
 
-    def manifest_url(self, cluster_name: str, *, timeout: float) -> str:
-        """Create (or find) the imported cluster and return its registration manifest URL."""
+    def register(self, cluster_name: str, *, timeout: float) -> tuple[str, str]:
+        """Create (or find) the imported cluster: (its id, its registration manifest URL)."""
         self.call("PUT", "/v3/settings/server-url", {"name": "server-url", "value": self.base})
         found = self.call("GET", f"/v3/clusters?name={cluster_name}").get("data", [])
         cluster_id = found[0]["id"] if found else self.call("POST", "/v3/clusters", {"type": "cluster", "name": cluster_name})["id"]
@@ -183,18 +181,35 @@ class RancherAPI:
 
         if not remote.wait_until(ready, timeout=timeout, interval=5):
             raise WaitTimeout(f"Rancher gave no registration manifest for cluster {cluster_name} within {timeout:.0f} s")
-        return url
+        return cluster_id, url
+
+    def wait_active(self, cluster_id: str, *, timeout: float) -> dict:
+        """The cluster as Rancher shows it once its agent connected; a timeout names the last state seen."""
+        cluster: dict = {}
+
+        def active() -> bool:
+            cluster.update(self.call("GET", f"/v3/clusters/{cluster_id}"))
+            return cluster.get("state") == "active"
+
+        if not remote.wait_until(active, timeout=timeout, interval=5):
+            raise WaitTimeout(
+                f"the lab's cluster did not turn active in Rancher within {timeout:.0f} s "
+                f"(state {cluster.get('state')!r}: {cluster.get('transitioningMessage') or 'no message'})",
+                resolution="see `kubectl -n cattle-system logs deploy/cattle-cluster-agent` on the lab's cluster; "
+                           "`labctl up` again resumes")
+        return cluster
 
 
 def import_cluster(lab: Lab, executors: dict[str, Executor], control: Control, password: str,
                    reporter: Reporter, *, timeout: float) -> None:
-    """Register the lab's cluster in Rancher: create it through the API, apply its manifest on the cluster."""
+    """Register the lab's cluster in Rancher (create it through the API, apply its manifest on the cluster)
+    and wait until Rancher shows it active: a return means the user sees a working cluster."""
     rancher_node = render.rancher_node(lab)
     assert rancher_node is not None
     host, ip = render.rancher_hostname(lab), str(rancher_node.ip)
     api = RancherAPI(lab, executors[rancher_node.name])
     api.login(password)
-    url = api.manifest_url(render.cluster_name(lab), timeout=timeout)
+    cluster_id, url = api.register(render.cluster_name(lab), timeout=timeout)
     manifest = remote.sh(executors[rancher_node.name], https_command("GET", url), sudo=False, timeout=120).stdout
     reporter.phase(control.node, "rancher", "applying the registration manifest")
     # Nodes and pods must resolve the Rancher hostname; the lab's DNS may not know it.
@@ -204,6 +219,8 @@ def import_cluster(lab: Lab, executors: dict[str, Executor], control: Control, p
     control.run(executors[control.node], "apply -f -", stdin=manifest.encode())
     patch = json.dumps({"spec": {"template": {"spec": {"hostAliases": [{"ip": ip, "hostnames": [host]}]}}}})
     control.run(executors[control.node], f"-n cattle-system patch deployment cattle-cluster-agent -p {shlex.quote(patch)}")
+    reporter.phase(rancher_node.name, "rancher", f"waiting for cluster {render.cluster_name(lab)} to turn active")
+    api.wait_active(cluster_id, timeout=timeout)
 
 
 def install(lab: Lab, executors: dict[str, Executor], state_dir: Path, reporter: Reporter) -> str:

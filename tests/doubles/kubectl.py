@@ -21,7 +21,9 @@ from .common import APIError, Kubeconfig, api, die, record
 TOOL = "kubectl"
 SHORT = {"-n": "namespace", "-o": "output", "-l": "selector", "-f": "filename", "-p": "patch"}
 VALUED = {"kubeconfig", "namespace", "output", "selector", "filename", "patch", "timeout"}
-RESOURCES = {"node": "nodes", "nodes": "nodes", "no": "nodes", "pod": "pods", "pods": "pods", "po": "pods"}
+RESOURCES = {"node": "nodes", "nodes": "nodes", "no": "nodes", "pod": "pods", "pods": "pods", "po": "pods",
+             "configmap": "configmaps", "configmaps": "configmaps", "cm": "configmaps"}
+NAMESPACED = {"pods", "configmaps"}
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -87,6 +89,10 @@ def _table(resource: str, items: list[dict[str, Any]], wide: bool, all_namespace
             info = node["status"]["nodeInfo"]
             rows.append([node["metadata"]["name"], _ready(node), roles, info["kubeletVersion"],
                          *([node["status"]["addresses"][0]["address"], info["containerRuntimeVersion"]] if wide else [])])
+    elif resource == "configmaps":
+        rows = [[*(["NAMESPACE"] if all_namespaces else []), "NAME", "DATA"]]
+        rows += [[*([cm["metadata"]["namespace"]] if all_namespaces else []), cm["metadata"]["name"], str(len(cm.get("data", {})))]
+                 for cm in items]
     else:
         rows = [[*(["NAMESPACE"] if all_namespaces else []), "NAME", "READY", "STATUS", *(["NODE"] if wide else [])]]
         for pod in items:
@@ -112,9 +118,13 @@ def get(flags: dict[str, str], words: list[str]) -> None:
     namespace = flags.get("namespace", "default")
     found: list[tuple[str, list[dict[str, Any]]]] = []
     for resource in resources:
-        items = call(config, "GET", f"/{resource}")["items"]
-        if resource == "pods" and not all_namespaces:
-            items = [pod for pod in items if pod["metadata"]["namespace"] == namespace]
+        if resource == "configmaps":
+            items = [{**o, "metadata": {"namespace": "default", **o["metadata"]}}
+                     for o in call(config, "GET", "/objects")["items"] if o["kind"] == "ConfigMap"]
+        else:
+            items = call(config, "GET", f"/{resource}")["items"]
+        if resource in NAMESPACED and not all_namespaces:
+            items = [item for item in items if item["metadata"]["namespace"] == namespace]
         found.append((resource, [item for item in items if _selected(item, flags.get("selector"))]))
     if output == "json":
         items = [item for _, chunk in found for item in chunk]

@@ -1,4 +1,4 @@
-"""rke double (RKE1): up, etcd snapshot-save, remove, all driven by cluster.yml over SSH.
+"""rke double (RKE1): up, etcd snapshot-save and snapshot-restore, remove, all driven by cluster.yml over SSH.
 
 `rke up` validates cluster.yml as RKE does (known keys via labctl's field sets, a Kubernetes
 version this release ships, roles, one node per plane at least), then reaches every node over SSH
@@ -89,6 +89,15 @@ def start_agent(node: dict[str, Any], name: str, args: list[str]) -> None:
                  f"> ~/{AGENT_DIR}/{name}.log 2>&1 < /dev/null", f"start {name}")
 
 
+def start_apiserver(control: dict[str, Any]) -> None:
+    """The API server double on the controlplane node, serving the datastore in its etcd directory."""
+    server = f"https://{control['address']}:6443"
+    start_agent(control, "apiserver", ["--advertise-address", control["address"], "--secure-port", "6443",
+                                       "--data-dir", f"/home/{control['user']}/{AGENT_DIR}/etcd"])
+    if not wait_for(lambda: api(server, "GET", "/healthz") == "ok", timeout=120):
+        die(TOOL, f"FATA[0060] [controlPlane] Failed to bring up Control Plane: kube-apiserver on {server} is not healthy")
+
+
 def up(config_path: Path) -> None:
     cluster = load_cluster(config_path)
     nodes = cluster["nodes"]
@@ -121,10 +130,7 @@ def up(config_path: Path) -> None:
                "copy agent", stdin=own)
     ssh_ok(control, f"~/{AGENT_DIR}/agent node-agent init-state --data-dir ~/{AGENT_DIR}/etcd", "etcd",
            stdin=json.dumps(state).encode())
-    start_agent(control, "apiserver", ["--advertise-address", control["address"], "--secure-port", "6443",
-                                       "--data-dir", f"/home/{control['user']}/{AGENT_DIR}/etcd"])
-    if not wait_for(lambda: api(server, "GET", "/healthz") == "ok", timeout=120):
-        die(TOOL, f"FATA[0060] [controlPlane] Failed to bring up Control Plane: kube-apiserver on {server} is not healthy")
+    start_apiserver(control)
     for node in nodes:
         credential = secrets.token_hex(16)
         api(server, "POST", "/node-credentials", {"credential": credential, "node": node_name(node)}, credential=admin)
@@ -169,6 +175,27 @@ def snapshot_save(config_path: Path, name: str) -> None:
                "etcd snapshot")
     record(TOOL, command="snapshot-save", name=name)
     print(f"INFO[0010] Finished saving/uploading [{name}] snapshot")
+
+
+def snapshot_restore(config_path: Path, name: str) -> None:
+    """As RKE does: the snapshot must be on every etcd host first; then the datastore becomes it and the
+    control plane restarts on it."""
+    cluster = load_cluster(config_path)
+    etcd_nodes = [node for node in cluster["nodes"] if "etcd" in node["role"]]
+    snapshot = f"{SNAPSHOT_DIR}/{shlex.quote(name)}.zip"
+    for node in etcd_nodes:
+        if ssh(node, f"sudo -n test -f {snapshot}").returncode != 0:
+            die(TOOL, f"FATA[0003] [etcd] Failed to restore etcd snapshot: snapshot file [{name}] does not exist "
+                      f"on host [{node['address']}]")
+    control = next(node for node in cluster["nodes"] if "controlplane" in node["role"])
+    ssh_ok(control, f"if [ -f ~/{AGENT_DIR}/apiserver.pid ]; then kill $(cat ~/{AGENT_DIR}/apiserver.pid) || true; fi",
+           "stop kube-apiserver")
+    for node in etcd_nodes:
+        ssh_ok(node, f"mkdir -p ~/{AGENT_DIR}/etcd && cd ~/{AGENT_DIR}/etcd && sudo -n python3 -m zipfile -e {snapshot} . "
+                     f"&& sudo -n chown $(id -u):$(id -g) {apiserver.STATE_FILE}", "etcd restore")
+    start_apiserver(control)
+    record(TOOL, command="snapshot-restore", name=name)
+    print(f"INFO[0030] Finished restoring snapshot [{name}] on all etcd hosts")
 
 
 def remove(config_path: Path) -> None:
@@ -216,6 +243,8 @@ def main(argv: list[str]) -> None:
         up(config_path)
     elif words == ["etcd", "snapshot-save"]:
         snapshot_save(config_path, flags.get("name") or f"rke_etcd_snapshot_{time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    elif words == ["etcd", "snapshot-restore"] and flags.get("name"):
+        snapshot_restore(config_path, flags["name"])
     elif words == ["remove"]:
         remove(config_path)
     elif flags.get("version") == "true":

@@ -316,7 +316,7 @@ def rancher_server(tmp_path):
 
 
 def test_rancher_double_answers_labctls_import_calls(rancher_server):
-    from labctl.errors import CommandFailed
+    from labctl.errors import CommandFailed, WaitTimeout
     from labctl.kube.rancher import RancherAPI, wait_up
     lab, server = rancher_server
     node = LocalNode(render.rancher_hostname(lab), server.port)
@@ -329,17 +329,20 @@ def test_rancher_double_answers_labctls_import_calls(rancher_server):
         refused.call("GET", "/v3/clusters")  # no token: 401 must authenticate
     client = RancherAPI(lab, node)
     client.login("right-password")
-    url = client.manifest_url("doubles-rancher", timeout=20)
+    cluster_id, url = client.register("doubles-rancher", timeout=20)
     assert url.startswith(f"https://{render.rancher_hostname(lab)}/v3/import/") and url.endswith(".yaml")
     again = RancherAPI(lab, node)
     again.login("right-password")
-    assert again.manifest_url("doubles-rancher", timeout=20) == url  # found, not created twice
+    assert again.register("doubles-rancher", timeout=20) == (cluster_id, url)  # found, not created twice
     from labctl.kube.rancher import https_command
     manifest = node.run(https_command("GET", url)).stdout
     agent, = [d for d in yaml.safe_load_all(manifest) if d["kind"] == "Deployment"]
     env = {e["name"]: e["value"] for e in agent["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CATTLE_SERVER"] == f"https://{render.rancher_hostname(lab)}"
     assert [c["state"] for c in server.state["clusters"].values() if c["name"] == "doubles-rancher"] == ["pending"]
+    # No agent has connected: waiting for the cluster to turn active gives up naming its state.
+    with pytest.raises(WaitTimeout, match="state 'pending'"):
+        client.wait_active(cluster_id, timeout=0)
 
 
 def test_cluster_agent_reaches_rancher_through_its_host_alias_only(rancher_server, rancher_parts):

@@ -7,12 +7,14 @@ import threading
 import pytest
 import yaml
 
-from labctl.errors import CommandFailed, WaitTimeout
+from labctl import api
+from labctl.errors import CommandFailed, InvalidInput, WaitTimeout
 from labctl.kube import bootstrap as kube_bootstrap
-from labctl.kube import cluster, remote, render, schema
+from labctl.kube import artifacts, cluster, remote, render, schema
 from labctl.lab import parse_lab
 from labctl.progress import QuietReporter
 from labctl.transport import Result
+from tests.doubles import build
 
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "1" * 64
@@ -245,13 +247,34 @@ def test_rke_up_failure_raises(tmp_path):
         kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
 
 
-def test_missing_artifacts_are_listed_before_anything_runs(tmp_path):
+def test_missing_artifacts_are_listed_before_any_vm_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "home"))
     lab = lab_with({"distro": "kubeadm", "artifacts": str(tmp_path / "art")})
-    fleet = kubeadm_fleet()
-    with pytest.raises(Exception) as caught:
-        kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    with pytest.raises(InvalidInput) as caught:
+        api.up(lab, "test:///default", reporter=QuietReporter())
     assert "kubeadm/v1.35.3/bin/kubeadm" in caught.value.details
-    assert not fleet["kube-master"].commands
+    assert not (tmp_path / "home").exists()  # no keys, no state, no disks
+
+
+def chart(path, name, version):
+    build.chart_archive(path, {"apiVersion": "v2", "name": name, "version": version}, {})
+
+
+def test_a_chart_of_another_version_than_pinned_is_refused(tmp_path):
+    lab = lab_with({"distro": "none", "rancher": {"enabled": True, "import_cluster": False, "version": "v2.14.1", "cert_manager_version": "v1.21.2",
+                                                   "artifacts": str(tmp_path)}})
+    for path in artifacts.required(lab):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    chart(tmp_path / "charts/cert-manager-v1.21.2.tgz", "cert-manager", "v1.21.2")
+    # A newer chart saved under the pinned name: installing it would drift the lab.
+    chart(tmp_path / "charts/rancher-2.14.1.tgz", "rancher", "2.13.3")
+    with pytest.raises(InvalidInput) as caught:
+        artifacts.check(lab)
+    assert caught.value.details == (f"  {tmp_path}/charts/rancher-2.14.1.tgz: the chart says version 2.13.3, "
+                                    "kubernetes.rancher.version pins v2.14.1")
+    chart(tmp_path / "charts/rancher-2.14.1.tgz", "rancher", "2.14.1")
+    artifacts.check(lab)
 
 
 def test_air_gapped_kubeadm_pushes_binaries_and_imports_images(tmp_path):
@@ -276,12 +299,16 @@ def test_air_gapped_kubeadm_pushes_binaries_and_imports_images(tmp_path):
 
 def test_rancher_helm_install_and_import(tmp_path):
     lab = lab_with({"distro": "rke2", "ready_timeout": 60, "rancher": {"enabled": True}})
-    registered = {"token": 0}
+    registered = {"token": 0, "polls": 0}
 
     def tokens(command):
         registered["token"] += 1
         url = "https://rancher.ref.lab.test/v3/import/abc.yaml" if registered["token"] > 1 else ""
         return ok(json.dumps({"data": [{"manifestUrl": url}]}))
+
+    def cluster(command):
+        registered["polls"] += 1
+        return ok(json.dumps({"id": "c-abc", "state": "active" if registered["polls"] > 2 else "pending"}))
 
     rancher_host = FakeExecutor("rancher-host", [
         (r"/ping", ok("pong")),
@@ -290,6 +317,7 @@ def test_rancher_helm_install_and_import(tmp_path):
         (r"POST .*/v3/clusters'?$", ok(json.dumps({"id": "c-abc"}))),
         (r"GET .*clusterregistrationtokens\?clusterId=c-abc", tokens),
         (r"v3/import/abc.yaml", ok("kind: Namespace\n")),
+        (r"GET .*/v3/clusters/c-abc'?$", cluster),
     ])
     master = FakeExecutor("kube-master", [
         (r"node-token", ok("K10tok\n")), *kubectl_rules()], files={"/etc/rancher/rke2/rke2.yaml": KUBECONFIG.encode()})
@@ -310,10 +338,33 @@ def test_rancher_helm_install_and_import(tmp_path):
     applied = [stdin for c, _, stdin in master.commands if c.endswith("apply -f -")]
     assert applied == [b"kind: Namespace\n"]
     assert master.ran("patch deployment cattle-cluster-agent")
+    # up returns only once Rancher shows the cluster active
+    assert registered["polls"] == 3
     assert outcome.rancher_url == "https://rancher.ref.lab.test"
     # a second run reuses the stored password without printing it again
     kube_bootstrap.bootstrap(lab, fleet, reporter=reporter, state_dir=tmp_path)
     assert sum(password in text for _, _, text in reporter.events) == 1
+
+
+def test_rancher_import_that_never_turns_active_times_out_naming_the_state(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    lab = lab_with({"distro": "rke2", "ready_timeout": 60, "rancher": {"enabled": True}})
+    rancher_host = FakeExecutor("rancher-host", [
+        (r"/ping", ok("pong")),
+        (r"action=login", ok(json.dumps({"token": "token-x:y"}))),
+        (r"GET .*/v3/clusters\?name=ref", ok(json.dumps({"data": [{"id": "c-abc"}]}))),
+        (r"GET .*clusterregistrationtokens\?clusterId=c-abc",
+         ok(json.dumps({"data": [{"manifestUrl": "https://rancher.ref.lab.test/v3/import/abc.yaml"}]}))),
+        (r"v3/import/abc.yaml", ok("kind: Namespace\n")),
+        (r"GET .*/v3/clusters/c-abc'?$", ok(json.dumps({"state": "waiting", "transitioningMessage": "agent not connected"}))),
+    ])
+    master = FakeExecutor("kube-master", [(r"node-token", ok("K10tok\n")), *kubectl_rules()],
+                          files={"/etc/rancher/rke2/rke2.yaml": KUBECONFIG.encode()})
+    fleet = {"rancher-host": rancher_host, "kube-master": master, "kube-worker": FakeExecutor("kube-worker")}
+    with pytest.raises(WaitTimeout, match="did not turn active in Rancher within 60 s .state 'waiting': agent not connected"):
+        kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
 
 
 def test_rancher_rejecting_password_raises(tmp_path):
