@@ -33,7 +33,7 @@ def build(tool: str, target: Path, behaviour: dict[str, Any]) -> Path:
         package = root / "doubles"
         package.mkdir()
         for source in DOUBLES_DIR.glob("*.py"):
-            if source.name != "build.py" and not source.name.startswith("test_"):
+            if source.name not in ("build.py", "image.py") and not source.name.startswith("test_"):
                 shutil.copy(source, package / source.name)
         (package / "behaviour.json").write_text(json.dumps(behaviour))
         kube = root / "labctl" / "kube"
