@@ -20,10 +20,10 @@ from pathlib import Path
 
 from labctl import aptrepo, runner
 
-from . import build
+from . import build, rancher
 
 PACKAGES = ("python3", "python3-yaml", "python3-cryptography")
-DATA_DIR = "/var/lib/rancher"
+DATA_DIR = str(rancher.CONTAINER_DATA)
 # Documentation and translations: nothing in the container reads them.
 UNUSED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian")
 

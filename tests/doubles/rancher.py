@@ -376,13 +376,11 @@ def serve(pod: Pod) -> None:
     rancher.httpd.serve_forever(poll_interval=0.5)
 
 
+
 # How rancher/rancher's entrypoint.sh tells it may run: in a pod (service account) or privileged (the host's /dev).
-PRIVILEGE_MARKERS = ("run/secrets/kubernetes.io/serviceaccount", "dev/kmsg")
+PRIVILEGE_MARKERS = (Path("/run/secrets/kubernetes.io/serviceaccount"), Path("/dev/kmsg"))
 NOT_PRIVILEGED = "ERROR: Rancher must be ran with the --privileged flag when running outside of Kubernetes"
-
-
-def privileged(root: Path = Path("/")) -> bool:
-    return any((root / marker).exists() for marker in PRIVILEGE_MARKERS)
+CONTAINER_DATA = Path("/var/lib/rancher")
 
 
 class _Redirect(BaseHTTPRequestHandler):
@@ -409,11 +407,10 @@ def main(argv: list[str]) -> None:
     whatever the state holds on later starts.
     """
     flags, _ = parse_flags(argv)
-    if not privileged():
+    if not any(marker.exists() for marker in PRIVILEGE_MARKERS):
         die(TOOL, NOT_PRIVILEGED)
-    data_dir = Path(flags.get("data-dir", "/var/lib/rancher"))
     password = os.environ.get("CATTLE_BOOTSTRAP_PASSWORD", "")
-    state_file = data_dir / STATE_FILE
+    state_file = CONTAINER_DATA / STATE_FILE
     if not password and not state_file.exists():
         password = _random(20)
         print(f"Bootstrap Password: {password}", flush=True)

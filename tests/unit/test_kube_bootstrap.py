@@ -343,9 +343,9 @@ def test_rancher_docker_mode_loads_the_air_gapped_image_and_runs_the_container(t
     assert run == ("docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443 "
                    "-v /var/lib/labctl/rancher:/var/lib/rancher --env-file /etc/labctl/rancher.env rancher/rancher:v2.14.1")
     assert not any(password in command for command, _, _ in rancher_host.commands)
-    assert rancher_host.ran("docker load") and rancher_host.commands.index(
-        next(c for c in rancher_host.commands if "docker load" in c[0])) < rancher_host.commands.index(
-        next(c for c in rancher_host.commands if c[0] == run))
+    commands = [command for command, _, _ in rancher_host.commands]
+    (load,) = rancher_host.ran("docker load")
+    assert commands.index(load) < commands.index(run)
 
 
 def test_rancher_docker_mode_starts_an_existing_container_instead_of_a_second_one(tmp_path):
