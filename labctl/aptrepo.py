@@ -91,8 +91,10 @@ def repo_key(packages: Sequence[str], suite: str, arch: str, sources: Sequence[S
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
-def build_repo(packages: Sequence[str], *, suite: str = "bookworm", arch: str = "amd64") -> Path:
-    """A repository holding packages and everything they depend on for suite/arch; cached.
+def build_repo(packages: Sequence[str], *, suite: str = "bookworm", arch: str = "amd64",
+               cache: Path | None = None) -> Path:
+    """A repository holding packages and everything they depend on for suite/arch; cached under
+    cache (default: labctl's cache_dir()).
 
     Items may be package names or apt patterns such as ?priority(required). Recommends are
     not followed.
@@ -101,7 +103,8 @@ def build_repo(packages: Sequence[str], *, suite: str = "bookworm", arch: str = 
         raise InvalidInput("no packages given for the local repository",
                            resolution="name at least one package")
     sources = host_sources(suite, arch)
-    root = paths.cache_dir() / "repos"
+    cache = cache or paths.cache_dir()
+    root = cache / "repos"
     repo = root / repo_key(packages, suite, arch, sources)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{repo.name}.lock"):
@@ -109,7 +112,7 @@ def build_repo(packages: Sequence[str], *, suite: str = "bookworm", arch: str = 
             return repo
         work = Path(tempfile.mkdtemp(prefix=f"{repo.name}.", dir=root))
         try:
-            debs = _download(packages, suite, arch, sources, work / "apt")
+            debs = _download(packages, suite, arch, sources, work / "apt", cache / "apt-lists")
             pool = work / "repo" / "pool" / COMPONENT
             pool.mkdir(parents=True)
             for deb in debs:
@@ -145,7 +148,8 @@ def index(repo: Path, *, suite: str, arch: str = "amd64") -> None:
     (repo / "dists" / suite / "Release").write_bytes(release)
 
 
-def _download(packages: Sequence[str], suite: str, arch: str, sources: Sequence[Source], work: Path) -> list[Path]:
+def _download(packages: Sequence[str], suite: str, arch: str, sources: Sequence[Source], work: Path,
+              lists_root: Path) -> list[Path]:
     """Fetch the closure into work with apt isolated from the host's state; return the .deb files."""
     for sub in ("etc/sources.list.d", "etc/preferences.d", "archives/partial"):
         (work / sub).mkdir(parents=True)
@@ -154,7 +158,7 @@ def _download(packages: Sequence[str], suite: str, arch: str, sources: Sequence[
     (work / "etc/sources.list.d/guest.list").write_text(source_lines)
     # package lists are shared by every repository from the same sources: updating them is then a few
     # If-Modified-Since requests instead of downloading megabytes of indexes
-    lists = paths.cache_dir() / "apt-lists" / hashlib.sha256(f"{arch}\n{source_lines}".encode()).hexdigest()[:16]
+    lists = lists_root / hashlib.sha256(f"{arch}\n{source_lines}".encode()).hexdigest()[:16]
     (lists / "partial").mkdir(parents=True, exist_ok=True)
     options = {
         "Dir::State": work,

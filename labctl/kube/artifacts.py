@@ -9,7 +9,8 @@
     <rancher.artifacts>/helm/bin/helm
     <rancher.artifacts>/charts/{cert-manager-<v>.tgz,rancher-<v>.tgz}
     <rancher.artifacts>/rke2/<cluster_version>/...   as above, for Rancher's own cluster (helm mode)
-    <rancher.artifacts>/images/*.tar                 Rancher's image for docker mode (docker load)
+    <rancher.artifacts>/images/*.tar                 Rancher's image for docker mode (docker load), at least
+                                                     rancher_rancher_<version>.tar
 
 The shapes follow each project's air-gap instructions: https://docs.rke2.io/install/airgap,
 https://kubernetes.io/docs/setup/production-environment/tools/kubeadm/install-kubeadm/#without-a-package-manager,
@@ -18,6 +19,7 @@ https://ranchermanager.docs.rancher.com/getting-started/installation-and-upgrade
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 
@@ -56,6 +58,15 @@ def rancher_charts(lab: Lab) -> list[tuple[str, str, Path]]:
             ("version", rancher.version, charts / f"rancher-{rancher.version.removeprefix('v')}.tgz")]
 
 
+def image_tarball(directory: Path, ref: str) -> Path:
+    """Where an image is saved as a docker-archive: rancher/rancher:v2.9.2 -> directory/rancher_rancher_v2.9.2.tar."""
+    return directory / (re.sub(r"[/:@]", "_", ref) + ".tar")
+
+
+def rancher_image(lab: Lab) -> str:
+    return f"rancher/rancher:{lab.kubernetes.rancher.version}"
+
+
 def required(lab: Lab) -> list[Path]:
     """Every file the lab's air-gapped install needs (directories of images may be empty)."""
     kube = lab.kubernetes
@@ -77,6 +88,8 @@ def required(lab: Lab) -> list[Path]:
         needed.append(root / "helm" / "bin" / "helm")
         needed += [archive for _, _, archive in rancher_charts(lab)]
         needed += [rke2_dir(root, rancher.cluster_version) / name for name in RKE2_FILES]
+    if rancher.enabled and rancher.artifacts is not None and rancher.mode == "docker":
+        needed.append(image_tarball(rancher.artifacts / "images", rancher_image(lab)))
     return needed
 
 

@@ -226,7 +226,7 @@ def _rke(lab: Lab, dest: Path) -> list[Item]:
 def _rancher(lab: Lab, dest: Path) -> list[Item]:
     cfg = lab.kubernetes.rancher
     if cfg.mode == "docker":
-        return [ImageExport(dest / "images", Named((f"rancher/rancher:{cfg.version}",)))]
+        return [ImageExport(dest / "images", Named((artifacts.rancher_image(lab),)))]
     helm_archive = f"{HELM_DOWNLOADS}/helm-{compat.DEFAULT_HELM}-linux-amd64.tar.gz"
     helm = dest / "helm" / "bin" / "helm"
     chart_version = cfg.version.removeprefix("v")
@@ -400,7 +400,7 @@ def _extract(archive: Path, member: str, target: Path) -> None:
 
 def _export(ref: str, directory: Path, tool: str, export: Export, dest: Path, record: dict[str, dict],
             reporter: Reporter) -> None:
-    target = directory / (re.sub(r"[/:@]", "_", ref) + ".tar")
+    target = artifacts.image_tarball(directory, ref)
     relative = target.relative_to(dest).as_posix()
     origin = f"docker://{ref}"
     if _in_place(target, record.get(relative), origin):

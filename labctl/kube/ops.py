@@ -167,7 +167,7 @@ def reset_kubernetes(lab: Lab, executors: dict[str, Executor], state_dir: Path, 
         node = render.rancher_node(lab)
         command = ("if [ -x /usr/local/bin/rke2-uninstall.sh ]; then /usr/local/bin/rke2-uninstall.sh; fi"
                    if kube.rancher.mode == "helm" else
-                   f"docker rm -f rancher 2>/dev/null || true; rm -rf {rancher.DATA_DIR}")
+                   f"docker rm -f rancher 2>/dev/null || true; rm -rf {rancher.DATA_DIR} {rancher.ENV_FILE}")
         sh(executors[node.name], command, timeout=900)
         (state_dir / rancher.PASSWORD_FILE).unlink(missing_ok=True)
     (state_dir / cluster.KUBECONFIG_NAME).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from labctl.transport import Executor
 
 PASSWORD_FILE = "rancher-bootstrap-password"
 DATA_DIR = "/var/lib/labctl/rancher"
+ENV_FILE = "/etc/labctl/rancher.env"
 HELM = "/usr/local/bin/helm"
 JETSTACK_REPO = "https://charts.jetstack.io"
 RANCHER_REPO = "https://releases.rancher.com/server-charts/stable"
@@ -117,11 +118,14 @@ def install_helm_mode(lab: Lab, executor: Executor, password: str, reporter: Rep
 
 def install_docker_mode(lab: Lab, executor: Executor, password: str, reporter: Reporter) -> None:
     rancher_cfg = lab.kubernetes.rancher
-    reporter.phase(executor.name, "rancher", f"rancher/rancher:{rancher_cfg.version} container")
+    image = artifacts.rancher_image(lab)
+    reporter.phase(executor.name, "rancher", f"{image} container")
     if not remote.succeeds(executor, "command -v docker"):
         raise CommandFailed(f"{executor.name}: Docker is not installed; rancher.mode docker runs Rancher in it",
                             resolution="enable the Docker provisioning step for the rancher node, or use mode: helm")
-    if remote.succeeds(executor, "docker inspect rancher"):
+    # `docker inspect NAME` would also match an image or volume called rancher.
+    if remote.succeeds(executor, "docker container inspect rancher"):
+        remote.sh(executor, "docker start rancher")
         return
     if rancher_cfg.artifacts is not None:
         images = rancher_cfg.artifacts / "images"
@@ -129,10 +133,11 @@ def install_docker_mode(lab: Lab, executor: Executor, password: str, reporter: R
                      f"{remote.STAGE_DIR}/rancher-images")
         remote.sh(executor, f"for image in {remote.STAGE_DIR}/rancher-images/*.tar; do docker load -i \"$image\"; done",
                   timeout=1800)
+    # From a 0600 file, so the password shows neither in the node's process list nor in a failed command's message.
+    executor.push(f"CATTLE_BOOTSTRAP_PASSWORD={password}\n".encode(), ENV_FILE, mode=0o600, sudo=True)
     remote.sh(executor, " ".join([
         "docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443",
-        f"-v {DATA_DIR}:/var/lib/rancher -e CATTLE_BOOTSTRAP_PASSWORD={shlex.quote(password)}",
-        f"rancher/rancher:{rancher_cfg.version}",
+        f"-v {DATA_DIR}:/var/lib/rancher --env-file {ENV_FILE} {image}",
     ]), timeout=1800)
 
 

@@ -2,9 +2,10 @@
 
 Who may do what mirrors the real API: the admin credential (admin.conf) reads and writes
 everything; a bootstrap token (issued by `kubeadm init` / `kubeadm token create`) only fetches
-the kubelet config and trades itself for a node credential; a node credential only registers and
-heartbeats its own node. Nodes are Ready while their kubelet heartbeats and a CNI DaemonSet whose
-pod network equals the cluster's pod subnet has been applied; CoreDNS runs once a node is Ready.
+the kubelet config and trades itself for a node credential; a node credential registers and
+heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
+pods placed on it). Nodes are Ready while their kubelet heartbeats and a CNI DaemonSet whose pod
+network equals the cluster's pod subnet has been applied; CoreDNS runs once a node is Ready.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             node["heartbeat"] = now
             node["peer"] = self.client_address[0]
             return 200, {"name": parts[1]}, True
-        if not admin:
+        kubelet_read = method == "GET" and path in ("/nodes", "/pods", "/objects") and credential in state["node_credentials"]
+        if not (admin or kubelet_read):
             return 401, {"message": "Unauthorized"}, False
         if method == "POST" and path == "/tokens":
             state["tokens"][body["token"]] = {"created": now}

@@ -33,7 +33,7 @@ def build(tool: str, target: Path, behaviour: dict[str, Any]) -> Path:
         package = root / "doubles"
         package.mkdir()
         for source in DOUBLES_DIR.glob("*.py"):
-            if source.name != "build.py" and not source.name.startswith("test_"):
+            if source.name not in ("build.py", "image.py") and not source.name.startswith("test_"):
                 shutil.copy(source, package / source.name)
         (package / "behaviour.json").write_text(json.dumps(behaviour))
         kube = root / "labctl" / "kube"
@@ -234,3 +234,10 @@ def rancher_artifacts(root: Path, *, version: str = compat.DEFAULT_RANCHER,
                    "appVersion": cert_manager_version, "kubeVersion": ">= 1.22.0-0"}, CERT_MANAGER_VALUES)
     chart_archive(root / "charts" / f"rancher-{version.removeprefix('v')}.tgz", rancher_chart(version), RANCHER_VALUES)
     return rke2_artifacts(root, cluster_version)
+
+
+def rancher_docker_artifacts(root: Path, *, cache: Path, version: str = compat.DEFAULT_RANCHER) -> Path:
+    """DIR/images/rancher_rancher_<version>.tar: the Rancher double's container image (tests/doubles/image.py)."""
+    from . import image  # only docker-mode tests need the host's apt
+    image.rancher_image(artifacts.image_tarball(root / "images", f"rancher/rancher:{version}"), version, cache=cache)
+    return root

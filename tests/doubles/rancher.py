@@ -1,14 +1,18 @@
 """Rancher double: the server's v3 API over TLS, and the cattle-cluster-agent of an imported cluster.
 
-Both run as the "containers" of the Deployments the rancher chart and the import manifest create
-(workloads.py starts them where the API double places the pod). The server answers on 443, as
-RKE2's ingress does for the real one, with a certificate from its own CA (ingress.tls.source
-rancher): /ping, the local provider's login (admin and the bootstrap password from the chart's
-bootstrap-secret, 401 otherwise), and, with the login's token only, settings, clusters and cluster
-registration tokens. A registration token's manifestUrl exists only once server-url is set, as in
-Rancher. The import manifest's agent reaches the server only through its pod's hostAliases (pods do
-not read the node's /etc/hosts), checks the CA against CATTLE_CA_CHECKSUM, then registers with its
-token; the server marks that cluster active and imported.
+In helm mode both run as the "containers" of the Deployments the rancher chart and the import
+manifest create (workloads.py starts them where the API double places the pod); the server answers
+on 443, as RKE2's ingress does for the real one, with a certificate for the Ingress host from its
+own CA (ingress.tls.source rancher). In docker mode `main` is the entry point of a real container
+image (image.py): like rancher/rancher's entrypoint.sh it refuses to start unless privileged,
+serves 80 (redirects) and 443 with a certificate for each name clients ask for, keeps its state in
+/var/lib/rancher and takes the admin password from CATTLE_BOOTSTRAP_PASSWORD on its first start.
+Either way it answers /ping, the local provider's login (admin and the bootstrap password, 401
+otherwise), and, with the login's token only, settings, clusters and cluster registration tokens.
+A registration token's manifestUrl exists only once server-url is set, as in Rancher. The import
+manifest's agent reaches the server only through its pod's hostAliases (pods do not read the
+node's /etc/hosts), checks the CA against CATTLE_CA_CHECKSUM, then registers with its token; the
+server marks that cluster active and imported.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import datetime
 import hashlib
 import http.client
 import json
+import os
+import re
 import secrets
 import socket
 import ssl
@@ -32,46 +38,86 @@ from typing import Any
 
 import yaml
 
-from .common import api, record
+from .common import api, behaviour, die, parse_flags, record
 
 TOOL = "rancher"
 AGENT = "cattle-cluster-agent"
 STATE_FILE = "labctl-double-rancher.json"
 ALPHABET = string.ascii_lowercase + string.digits
+HOSTNAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
 def _random(length: int) -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(length))
 
 
-def certificates(directory: Path, hostname: str) -> tuple[str, Path, Path]:
-    """Rancher's own CA and a serving certificate for hostname, made once: (CA PEM, cert file, key file)."""
-    cert_file, key_file, ca_file = directory / "tls.crt", directory / "tls.key", directory / "ca.crt"
-    if not cert_file.exists():
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+class Certificates:
+    """Rancher's own CA, made once in directory, and the serving certificates it issues from it.
 
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dynamiclistener-ca")])
-        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .sign(ca_key, hashes.SHA256()))
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        directory.mkdir(parents=True, exist_ok=True)
-        ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_file.chmod(0o600)
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return ca_file.read_text(), cert_file, key_file
+    hostname fixes the one name served (helm mode: the Ingress host, ingress.tls.source rancher).
+    Without it each host name a client asks for through SNI gets its certificate, as the single
+    container's dynamiclistener adds names on demand.
+    """
+
+    def __init__(self, directory: Path, hostname: str | None = None):
+        self.directory, self.hostname = directory, hostname
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.lock = threading.Lock()
+        if not (directory / "ca.crt").exists():
+            _make_certificate(directory / "ca", "dynamiclistener-ca", None)
+        self.ca_pem = (directory / "ca.crt").read_text()
+
+    def context(self, hostname: str) -> ssl.SSLContext:
+        """The TLS context serving hostname's certificate (issued once, kept in the directory)."""
+        with self.lock:
+            if hostname not in self.contexts:
+                stem = self.directory / hostname
+                if not Path(f"{stem}.crt").exists():
+                    _make_certificate(stem, hostname, self.directory / "ca")
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(Path(f"{stem}.crt"), Path(f"{stem}.key"))
+                self.contexts[hostname] = context
+            return self.contexts[hostname]
+
+    def server_context(self, default: str) -> ssl.SSLContext:
+        """The listener's context: the fixed hostname's certificate, or one per SNI name (default without SNI)."""
+        context = self.context(self.hostname or default)
+        if self.hostname is None:
+            def by_name(sock: ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> None:
+                if name and HOSTNAME.fullmatch(name):
+                    sock.context = self.context(name)
+            context.sni_callback = by_name
+        return context
+
+
+def _make_certificate(stem: Path, name: str, ca_stem: Path | None) -> None:
+    """stem.crt and stem.key (0600): a CA for name when ca_stem is None, else a serving certificate signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now))
+    if ca_stem is None:
+        certificate = (builder.issuer_name(subject).not_valid_after(now + datetime.timedelta(days=3650))
+                       .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                       .sign(key, hashes.SHA256()))
+    else:
+        ca = x509.load_pem_x509_certificate(Path(f"{ca_stem}.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key(Path(f"{ca_stem}.key").read_bytes(), password=None)
+        certificate = (builder.issuer_name(ca.subject).not_valid_after(now + datetime.timedelta(days=365))
+                       .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                       .sign(ca_key, hashes.SHA256()))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    key_file = Path(f"{stem}.key")
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    Path(f"{stem}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def error(status: int, code: str, message: str, **fields: Any) -> tuple[int, dict[str, Any]]:
@@ -81,19 +127,21 @@ def error(status: int, code: str, message: str, **fields: Any) -> tuple[int, dic
 class Rancher:
     """The server's state (Rancher keeps it in its local cluster; here a JSON file) and its HTTPS listener."""
 
-    def __init__(self, state_file: Path, *, hostname: str, bootstrap_password: str, version: str,
+    def __init__(self, state_file: Path, *, hostname: str | None, bootstrap_password: str, version: str,
                  address: str = "0.0.0.0", port: int = 443):
         self.state_file, self.hostname, self.version = state_file, hostname, version
         self.lock = threading.Lock()
-        self.ca_pem, cert_file, key_file = certificates(state_file.parent / "rancher-tls", hostname)
+        self.certificates = Certificates(state_file.parent / "rancher-tls", hostname)
+        self.ca_pem = self.certificates.ca_pem
         self.state = json.loads(state_file.read_text()) if state_file.exists() else {
             "admin_password": bootstrap_password, "tokens": {}, "settings": {"server-url": ""},
             "clusters": {"local": {"id": "local", "type": "cluster", "name": "local", "state": "active",
                                    "driver": "rke2", "internal": True}},
             "registration_tokens": [],
         }
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
+        if not state_file.exists():
+            self.save()
+        context = self.certificates.server_context(default="localhost")
         handler = type("Handler", (_Handler,), {"rancher": self})
         self.httpd = ThreadingHTTPServer((address, port), handler)
         self.httpd.daemon_threads = True
@@ -325,6 +373,55 @@ def serve(pod: Pod) -> None:
                       bootstrap_password=pod.env(objects)["CATTLE_BOOTSTRAP_PASSWORD"],
                       version=spec["containers"][0]["image"].rsplit(":", 1)[1])
     record(TOOL, event="serving", hostname=rancher.hostname, version=rancher.version, port=rancher.port)
+    rancher.httpd.serve_forever(poll_interval=0.5)
+
+
+
+# How rancher/rancher's entrypoint.sh tells it may run: in a pod (service account) or privileged (the host's /dev).
+PRIVILEGE_MARKERS = (Path("/run/secrets/kubernetes.io/serviceaccount"), Path("/dev/kmsg"))
+NOT_PRIVILEGED = "ERROR: Rancher must be ran with the --privileged flag when running outside of Kubernetes"
+CONTAINER_DATA = Path("/var/lib/rancher")
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Port 80: every request goes to the same URL over HTTPS."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        host = (self.headers.get("Host") or "localhost").split(":")[0]
+        self.send_response(302)
+        self.send_header("Location", f"https://{host}{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_HEAD = do_GET
+
+
+def main(argv: list[str]) -> None:
+    """The rancher/rancher image's entry point, as a single container (`docker run --privileged ...`).
+
+    State lives in /var/lib/rancher (the container's volume); the admin password is
+    CATTLE_BOOTSTRAP_PASSWORD on the first start, a random one printed to the log otherwise, and
+    whatever the state holds on later starts.
+    """
+    flags, _ = parse_flags(argv)
+    if not any(marker.exists() for marker in PRIVILEGE_MARKERS):
+        die(TOOL, NOT_PRIVILEGED)
+    password = os.environ.get("CATTLE_BOOTSTRAP_PASSWORD", "")
+    state_file = CONTAINER_DATA / STATE_FILE
+    if not password and not state_file.exists():
+        password = _random(20)
+        print(f"Bootstrap Password: {password}", flush=True)
+    rancher = Rancher(state_file, hostname=None, bootstrap_password=password, version=behaviour()["version"],
+                      port=int(flags.get("https-listen-port", 443)))
+    http = ThreadingHTTPServer(("0.0.0.0", int(flags.get("http-listen-port", 80))), _Redirect)
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+    record(TOOL, event="serving", mode="container", version=rancher.version, port=rancher.port,
+           http_port=http.server_address[1])
+    print(f"Rancher double {rancher.version} listening on :{http.server_address[1]} and :{rancher.port}", flush=True)
     rancher.httpd.serve_forever(poll_interval=0.5)
 
 

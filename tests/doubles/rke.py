@@ -6,8 +6,9 @@ with the node's ssh_key_path and strict host key checking, and asks each node's 
 version as the node's user (RKE drives Docker through the SSH connection). Where RKE would start
 containers, the double copies itself to the node and starts its node agents there: the API
 server double on the first controlplane node, a kubelet double on every node, which heartbeats
-from the node's own address. It then deploys the network plugin and CoreDNS and writes
-kube_config_cluster.yml and cluster.rkestate next to cluster.yml.
+from the node's own address and runs the pods placed there whose images the doubles implement
+(workloads.py: the cattle-cluster-agent of a Rancher import). It then deploys the network plugin
+and CoreDNS and writes kube_config_cluster.yml and cluster.rkestate next to cluster.yml.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import yaml
 
 from labctl.kube import schema
 
-from . import apiserver
+from . import apiserver, workloads
 from .common import APIError, api, behaviour, die, kubeconfig_text, new_ca, parse_flags, record, wait_for
 
 TOOL = "rke"
@@ -220,6 +222,9 @@ def node_agent(argv: list[str]) -> None:
     elif kind == "apiserver":
         apiserver.Server(flags["advertise-address"], int(flags["secure-port"]), flags["data-dir"]).serve_forever()
     elif kind == "kubelet":
+        pods = Path(os.path.expanduser(f"~/{AGENT_DIR}/pods"))
+        threading.Thread(target=workloads.run_forever, args=(flags["server"], flags["credential"], flags["node-name"], pods),
+                         daemon=True).start()
         while True:
             try:
                 api(flags["server"], "PUT", f"/nodes/{flags['node-name']}",

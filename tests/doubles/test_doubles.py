@@ -66,8 +66,12 @@ def test_api_double_accepts_only_issued_tokens_and_own_node_credentials(server):
         api(server, "PUT", "/nodes/m", {"address": "10.0.0.1"}, credential=credential)
     assert other_node.value.status == 403
     api(server, "PUT", "/nodes/w", {"address": "10.0.0.2"}, credential=credential)
-    with pytest.raises(APIError):
-        api(server, "GET", "/nodes", credential=credential)
+    # A kubelet reads what it needs to run its pods, and writes nothing but its node.
+    assert [n["metadata"]["name"] for n in api(server, "GET", "/nodes", credential=credential)["items"]] == ["w"]
+    assert api(server, "GET", "/pods", credential=credential)["items"] == []
+    with pytest.raises(APIError) as write:
+        api(server, "POST", "/objects", {"items": []}, credential=credential)
+    assert write.value.status == 401
     node, = api(server, "GET", "/nodes", credential="admin-secret")["items"]
     assert node["status"]["conditions"][0]["status"] == "False"
     assert node["labctlDouble"]["registeredWith"] == "abcdef.0123456789abcdef"
@@ -371,3 +375,84 @@ def test_cluster_agent_reaches_rancher_through_its_host_alias_only(rancher_serve
     _, shown = call("GET", f"/v3/clusters/{cluster['id']}")
     assert (shown["state"], shown["driver"]) == ("active", "imported")
     assert shown["version"]["gitVersion"] == compat.DEFAULT_RANCHER_CLUSTER
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps_its_state(tmp_path):
+    """The docker-mode image, run here in a chroot: what `docker run --privileged -v ...` gives its entry point."""
+    import hashlib
+    import io
+    import json
+    import os
+    import shutil
+    import tarfile
+
+    from labctl.errors import CommandFailed
+    from labctl.kube.rancher import RancherAPI, wait_up
+    from tests.doubles import image
+    from tests.e2e.harness import persistent_cache
+
+    if os.geteuid() != 0:
+        pytest.fail("chroot needs root (the e2e tests need it too)")
+    root = build.rancher_docker_artifacts(tmp_path / "artifacts", cache=persistent_cache(), version="v2.11.3")
+    archive = root / "images" / "rancher_rancher_v2.11.3.tar"
+    with tarfile.open(archive) as outer:
+        manifest, = json.load(outer.extractfile("manifest.json"))
+        config = json.load(outer.extractfile(manifest["Config"]))
+        layer = outer.extractfile(manifest["Layers"][0]).read()
+    assert manifest["RepoTags"] == ["rancher/rancher:v2.11.3"]
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    assert config["config"] == image.image_config("v2.11.3")
+    assert set(config["config"]["ExposedPorts"]) == {"80/tcp", "443/tcp"} and "/var/lib/rancher" in config["config"]["Volumes"]
+    rootfs = tmp_path / "rootfs"
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        tar.extractall(rootfs)
+    entrypoint = config["config"]["Entrypoint"]
+    https_port, http_port = _free_port(), _free_port()
+    argv = [shutil.which("chroot") or "chroot", str(rootfs), entrypoint[0], f"--http-listen-port={http_port}", f"--https-listen-port={https_port}"]
+    env = {"PATH": "/usr/bin:/bin", "LABCTL_DOUBLES_LOG": "/var/lib/rancher/log"}
+
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "ERROR: Rancher must be ran with the --privileged flag when running outside of Kubernetes"
+
+    (rootfs / "dev").mkdir()
+    (rootfs / "dev" / "kmsg").touch()  # a privileged container sees the host's /dev
+    lab = parse_lab(RANCHER_LAB)
+    node = LocalNode(render.rancher_hostname(lab), https_port)
+
+    def started(extra_env):
+        server = subprocess.Popen(argv, env={**env, **extra_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_up(lab, node, timeout=60)
+        except Exception:
+            server.kill()
+            raise AssertionError(server.communicate()[0])
+        return server
+
+    server = started({"CATTLE_BOOTSTRAP_PASSWORD": "first-password"})
+    try:
+        client = RancherAPI(lab, node)
+        client.login("first-password")
+        client.manifest_url("imported", timeout=20)
+        with pytest.raises(CommandFailed):
+            RancherAPI(lab, node).login("other-password")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # Restarted with another bootstrap password: the state in the volume wins, as in Rancher.
+    server = started({"CATTLE_BOOTSTRAP_PASSWORD": "ignored-now"})
+    try:
+        again = RancherAPI(lab, node)
+        again.login("first-password")
+        assert [c["name"] for c in again.call("GET", "/v3/clusters?name=imported")["data"]] == ["imported"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (rootfs / "var/lib/rancher" / "labctl-double-rancher.json").exists()

@@ -3,7 +3,8 @@ air-gapped artifacts path, with test doubles (tests/doubles) in place of the Kub
 
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
 kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
-the SSH mesh), its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
+the SSH mesh) with Rancher in Docker (a real container of the Rancher double's image) importing
+it, its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
 token), its snapshot and a restore; Rancher added in helm mode (a helm built to fail first, then
 the real install and the import of the RKE2 cluster); down. Packages come from the local repository labctl serves
 (guests have no route out); `labctl repo-build` makes it on the host beforehand.
@@ -16,14 +17,16 @@ import os
 import re
 import shlex
 import stat
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labctl.kube import compat, rancher
+from labctl.kube import artifacts, compat, rancher
 from tests.doubles import build
+from tests.e2e.harness import persistent_cache
 from tests.e2e.labs import ok
 
 LAB_NAME = "e2e-kube"
@@ -221,15 +224,23 @@ def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_f
     assert labctl("kubeconfig", str(lab_file)).returncode != 0
 
 
+# Seed 000: Rancher in Docker on rancher-host importing the RKE cluster; 2.11 is the last Rancher that manages RKE1.
+RKE_RANCHER = {"enabled": True, "mode": "docker", "version": "v2.11.3"}
+RANCHER_URL = f"https://rancher.{LAB_NAME}.lab.test"
+
+
 @pytest.fixture(scope="module")
 def rke_lab(labctl, labctl_home, lab_file, kubeadm_lab):
-    """The same VMs, Kubernetes reset, the lab file switched to RKE."""
+    """The same VMs, Kubernetes reset, the lab file switched to RKE with Rancher in Docker on rancher-host
+    (the Rancher double's image, built here from Debian packages) importing the RKE cluster."""
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     artifacts = build.rke_artifacts(labctl_home / "artifacts-rke", RKE["rke_version"])
-    write_lab(lab_file, {**RKE, "artifacts": str(artifacts)})
+    rancher_artifacts = build.rancher_docker_artifacts(labctl_home / "artifacts-rancher-docker", cache=persistent_cache(),
+                                                       version=RKE_RANCHER["version"])
+    write_lab(lab_file, {**RKE, "artifacts": str(artifacts), "rancher": {**RKE_RANCHER, "artifacts": str(rancher_artifacts)}})
     start = time.monotonic()
     up = ok(labctl("up", str(lab_file), timeout=3600))
-    print(f"\nRKE lab: labctl up took {time.monotonic() - start:.0f} s")
+    print(f"\nRKE lab with Rancher in Docker: labctl up took {time.monotonic() - start:.0f} s")
     return up
 
 
@@ -256,6 +267,56 @@ def test_rke_etcd_snapshot(labctl, lab_file, rke_lab):
     assert "rke-before.zip" in ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
 
 
+def rancher_container(labctl, lab_file: Path) -> dict:
+    return json.loads(on(labctl, lab_file, "rancher-host", "sudo docker container inspect rancher"))[0]
+
+
+def test_rancher_container_runs_the_loaded_image_privileged_with_its_volume(labctl, labctl_home, lab_file, rke_lab):
+    container = rancher_container(labctl, lab_file)
+    image = f"rancher/rancher:{RKE_RANCHER['version']}"
+    assert container["State"]["Running"] and container["Config"]["Image"] == image
+    # The image docker loaded is the one built here: its id is the digest of the archive's config.
+    with tarfile.open(artifacts.image_tarball(labctl_home / "artifacts-rancher-docker" / "images", image)) as archive:
+        config_name = json.load(archive.extractfile("manifest.json"))[0]["Config"]
+    assert container["Image"] == "sha256:" + config_name.removesuffix(".json")
+    host = container["HostConfig"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped" and host["Privileged"] is True
+    assert {port: [b["HostPort"] for b in bindings] for port, bindings in host["PortBindings"].items()} == {
+        "80/tcp": ["80"], "443/tcp": ["443"]}
+    assert [(m["Type"], m["Source"], m["Destination"]) for m in container["Mounts"]] == [
+        ("bind", rancher.DATA_DIR, "/var/lib/rancher")]
+    password = rancher_password(labctl_home)
+    assert f"CATTLE_BOOTSTRAP_PASSWORD={password}" in container["Config"]["Env"]
+    assert password not in on(labctl, lab_file, "rancher-host", "ps -eo args")
+    serving = [json.loads(line) for line in on(labctl, lab_file, "rancher-host",
+               f"sudo cat {rancher.DATA_DIR}/labctl-doubles-log/rancher.log").splitlines() if '"serving"' in line]
+    assert [(e["mode"], e["version"], e["port"], e["http_port"]) for e in serving] == [
+        ("container", RKE_RANCHER["version"], 443, 80)]
+
+
+def test_rke_up_prints_rancher_url_and_password_file(labctl_home, rke_lab):
+    assert_rancher_summary(rke_lab, labctl_home)
+
+
+def test_rke_cluster_imported_and_active_in_rancher(labctl, labctl_home, lab_file, rke_lab):
+    cluster = imported_cluster(labctl, lab_file, rancher_password(labctl_home), rke_lab, kubectl_node="rancher-host",
+                               agent_node="kube-master", user=True)
+    assert (cluster["version"]["gitVersion"], cluster["nodeCount"]) == (RKE["version"], 2)
+
+
+def test_rancher_in_docker_keeps_password_and_cluster_across_a_restart(labctl, labctl_home, lab_file, rke_lab):
+    before = rancher_container(labctl, lab_file)["State"]["StartedAt"]
+    on(labctl, lab_file, "rancher-host", "sudo docker restart rancher")
+    assert rancher_container(labctl, lab_file)["State"]["StartedAt"] != before
+    deadline = time.monotonic() + 120
+    while on(labctl, lab_file, "rancher-host", rancher.https_command("GET", f"{RANCHER_URL}/ping") + " || true") != "pong":
+        assert time.monotonic() < deadline, "Rancher did not answer /ping within 120 s of `docker restart`"
+        time.sleep(5)
+    status, answer = rancher_call(labctl, lab_file, rancher_password(labctl_home), f"/v3/clusters?name={LAB_NAME}")
+    assert status == 0, answer
+    assert [(c["state"], c["driver"]) for c in answer["data"]] == [("active", "imported")]
+
+
 def test_rke_etcd_snapshot_restore(labctl, lab_file, rke_lab):
     restore_drops_what_came_after(labctl, lab_file, "rancher-host",
                                   "kubectl --kubeconfig ~/labctl-rke/kube_config_cluster.yml", "rke-restore-point")
@@ -269,6 +330,14 @@ def rke2_lab(labctl, labctl_home, lab_file, rke_lab):
     """The same VMs once more, RKE removed, the lab file switched to RKE2."""
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     assert "remove" in [e.get("command") for e in double_log(labctl, lab_file, "rancher-host", "rke", user=True)]
+    # Rancher's container, its data and its ports are gone: the helm phase later needs 80 and 443 on that node.
+    assert on(labctl, lab_file, "rancher-host", "sudo docker ps -aq --filter name=^rancher$") == ""
+    assert on(labctl, lab_file, "rancher-host",
+              f"sudo sh -c 'test ! -e {rancher.DATA_DIR} && test ! -e {rancher.ENV_FILE} && echo gone'") == "gone\n"
+    assert not (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).exists()
+    listening = on(labctl, lab_file, "rancher-host", "python3 -c 'import socket\nfor port in (80, 443):\n"
+                   "    print(port, socket.socket().connect_ex((\"127.0.0.1\", port)) == 0)'")
+    assert listening.split("\n") == ["80 False", "443 False", ""], listening
     artifacts = build.rke2_artifacts(labctl_home / "artifacts-rke2", RKE2["version"])
     write_lab(lab_file, {**RKE2, "artifacts": str(artifacts)})
     start = time.monotonic()
@@ -341,7 +410,7 @@ def rancher_lab(labctl, labctl_home, lab_file, failed_rancher_up):
 
 def rancher_call(labctl, lab_file: Path, password: str, path: str) -> tuple[int, dict]:
     """Log in to Rancher from its node as labctl does, then GET path: (the login's exit status, the answer)."""
-    base = f"https://rancher.{LAB_NAME}.lab.test"
+    base = RANCHER_URL
     login = json.dumps({"username": "admin", "password": password, "responseType": "json"})
     command = rancher.https_command("POST", f"{base}/v3-public/localProviders/local?action=login", body=True)
     status, _, answer = on(labctl, lab_file, "rancher-host",
@@ -352,16 +421,46 @@ def rancher_call(labctl, lab_file: Path, password: str, path: str) -> tuple[int,
     return 0, json.loads(on(labctl, lab_file, "rancher-host", rancher.https_command("GET", base + path, token=token)))
 
 
-def test_rancher_up_prints_url_password_file_and_nodes(labctl_home, rancher_lab):
+def rancher_password(labctl_home: Path) -> str:
+    return (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).read_text().strip()
+
+
+def assert_rancher_summary(up, labctl_home: Path) -> None:
+    """`up` ended with Rancher's URL and password file (0600), the kubeconfig and the nodes."""
     password_file = labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE
-    assert f"Rancher:    https://rancher.{LAB_NAME}.lab.test  (user admin, password in {password_file})" in rancher_lab.stdout
+    assert f"Rancher:    {RANCHER_URL}  (user admin, password in {password_file})" in up.stdout
     assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
-    assert "kubeconfig: " in rancher_lab.stdout
-    assert re.search(r"^kube-worker\s+Ready\s", rancher_lab.stdout, re.MULTILINE), rancher_lab.stdout
+    assert "kubeconfig: " in up.stdout
+    assert re.search(r"^kube-worker\s+Ready\s", up.stdout, re.MULTILINE), up.stdout
+
+
+def imported_cluster(labctl, lab_file: Path, password: str, up, *, kubectl_node: str, agent_node: str, user: bool) -> dict:
+    """The lab's cluster in Rancher, active when `up` returned: imported through the manifest labctl applied with
+    kubectl on kubectl_node, the agent patched with Rancher's host alias, connected from agent_node (user: doubles
+    run as the SSH user)."""
+    assert f"rancher-host: rancher (waiting for cluster {LAB_NAME} to turn active)" in up.stderr, up.stderr
+    status, answer = rancher_call(labctl, lab_file, password, f"/v3/clusters?name={LAB_NAME}")
+    assert status == 0, answer
+    cluster, = answer["data"]
+    assert cluster["state"] == "active", cluster
+    assert cluster["driver"] == "imported"
+    kubectl = double_log(labctl, lab_file, kubectl_node, "kubectl", user=user)
+    assert any(e.get("command") == "apply" and "Deployment/cattle-cluster-agent" in e["kinds"] for e in kubectl), kubectl
+    patched, = [e for e in kubectl if e.get("command") == "patch"]
+    aliases = patched["patch"]["spec"]["template"]["spec"]["hostAliases"]
+    assert aliases == [{"ip": f"{SUBNET}.11", "hostnames": [f"rancher.{LAB_NAME}.lab.test"]}]
+    connected = [e for e in double_log(labctl, lab_file, agent_node, "cattle-cluster-agent", user=user)
+                 if e.get("event") == "connected"]
+    assert [e["cluster"] for e in connected] == [cluster["id"]]
+    return cluster
+
+
+def test_rancher_up_prints_url_password_file_and_nodes(labctl_home, rancher_lab):
+    assert_rancher_summary(rancher_lab, labctl_home)
 
 
 def test_rancher_installed_by_helm_with_labs_values(labctl, labctl_home, lab_file, rancher_lab):
-    password = (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).read_text().strip()
+    password = rancher_password(labctl_home)
     installs = [e for e in double_log(labctl, lab_file, "rancher-host", "helm") if e.get("command") == "upgrade"]
     cert_manager = [e for e in installs if e["release"] == "cert-manager"]
     assert cert_manager and cert_manager[-1]["values"] == {"crds": {"enabled": True}}
@@ -374,19 +473,6 @@ def test_rancher_installed_by_helm_with_labs_values(labctl, labctl_home, lab_fil
 
 
 def test_lab_cluster_imported_and_active_in_rancher(labctl, labctl_home, lab_file, rancher_lab):
-    password = (labctl_home / "labs" / LAB_NAME / rancher.PASSWORD_FILE).read_text().strip()
-    # `up` returned only after Rancher showed the cluster active.
-    assert f"rancher-host: rancher (waiting for cluster {LAB_NAME} to turn active)" in rancher_lab.stderr, rancher_lab.stderr
-    status, answer = rancher_call(labctl, lab_file, password, f"/v3/clusters?name={LAB_NAME}")
-    assert status == 0, answer
-    cluster, = answer["data"]
-    assert cluster["state"] == "active", cluster
-    assert cluster["driver"] == "imported"
+    cluster = imported_cluster(labctl, lab_file, rancher_password(labctl_home), rancher_lab, kubectl_node="kube-master",
+                               agent_node="kube-master", user=False)
     assert (cluster["version"]["gitVersion"], cluster["nodeCount"]) == (RKE2["version"], 2)
-    kubectl = double_log(labctl, lab_file, "kube-master", "kubectl")
-    assert any(e.get("command") == "apply" and "Deployment/cattle-cluster-agent" in e["kinds"] for e in kubectl), kubectl
-    patched, = [e for e in kubectl if e.get("command") == "patch"]
-    aliases = patched["patch"]["spec"]["template"]["spec"]["hostAliases"]
-    assert aliases == [{"ip": f"{SUBNET}.11", "hostnames": [f"rancher.{LAB_NAME}.lab.test"]}]
-    connected = [e for e in double_log(labctl, lab_file, "kube-master", "cattle-cluster-agent") if e.get("event") == "connected"]
-    assert [e["cluster"] for e in connected] == [cluster["id"]]

@@ -375,3 +375,43 @@ def test_rancher_rejecting_password_raises(tmp_path):
     fleet = {"rancher-host": rancher_host, "kube-master": master, "kube-worker": FakeExecutor("kube-worker")}
     with pytest.raises(CommandFailed, match="refused the bootstrap password"):
         kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+
+
+def test_rancher_docker_mode_loads_the_air_gapped_image_and_runs_the_container(tmp_path):
+    images = tmp_path / "rancher-art" / "images"
+    images.mkdir(parents=True)
+    (images / "rancher_rancher_v2.14.1.tar").write_bytes(b"image archive")
+    lab = lab_with({"distro": "none", "rancher": {"enabled": True, "mode": "docker", "import_cluster": False,
+                                                  "artifacts": str(tmp_path / "rancher-art")}})
+    rancher_host = FakeExecutor("rancher-host", [(r"^docker container inspect rancher$", fail("No such container")),
+                                                 (r"/ping", ok("pong"))])
+    fleet = {"rancher-host": rancher_host, "kube-master": FakeExecutor("kube-master"), "kube-worker": FakeExecutor("kube-worker")}
+    kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    password = (tmp_path / "rancher-bootstrap-password").read_text().strip()
+    assert rancher_host.files["/var/lib/labctl/artifacts/rancher-images/rancher_rancher_v2.14.1.tar"] == b"image archive"
+    assert rancher_host.files["/etc/labctl/rancher.env"] == f"CATTLE_BOOTSTRAP_PASSWORD={password}\n".encode()
+    (run,) = rancher_host.ran(r"^docker run ")
+    assert run == ("docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443 "
+                   "-v /var/lib/labctl/rancher:/var/lib/rancher --env-file /etc/labctl/rancher.env rancher/rancher:v2.14.1")
+    assert not any(password in command for command, _, _ in rancher_host.commands)
+    commands = [command for command, _, _ in rancher_host.commands]
+    (load,) = rancher_host.ran("docker load")
+    assert commands.index(load) < commands.index(run)
+
+
+def test_rancher_docker_mode_starts_an_existing_container_instead_of_a_second_one(tmp_path):
+    lab = lab_with({"distro": "none", "rancher": {"enabled": True, "mode": "docker", "import_cluster": False}})
+    rancher_host = FakeExecutor("rancher-host", [(r"/ping", ok("pong"))])
+    fleet = {"rancher-host": rancher_host, "kube-master": FakeExecutor("kube-master"), "kube-worker": FakeExecutor("kube-worker")}
+    kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    assert rancher_host.ran(r"^docker start rancher$") and not rancher_host.ran(r"^docker run ")
+
+
+def test_rancher_docker_mode_needs_the_image_in_its_artifacts(tmp_path):
+    lab = lab_with({"distro": "none", "rancher": {"enabled": True, "mode": "docker", "import_cluster": False,
+                                                  "artifacts": str(tmp_path / "rancher-art")}})
+    fleet = {name: FakeExecutor(name) for name in ("rancher-host", "kube-master", "kube-worker")}
+    with pytest.raises(Exception) as caught:
+        kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    assert "rancher-art/images/rancher_rancher_v2.14.1.tar" in caught.value.details
+    assert not fleet["rancher-host"].commands

@@ -100,6 +100,16 @@ def test_reset_kubeadm_and_rancher(tmp_path):
     assert not (tmp_path / "kubeconfig").exists() and not (tmp_path / "rancher-bootstrap-password").exists()
 
 
+def test_reset_rancher_in_docker_removes_the_container_its_data_and_password(tmp_path):
+    (tmp_path / "rancher-bootstrap-password").write_text("p")
+    nodes = fleet()
+    ops.reset_kubernetes(lab_with({"distro": "rke", "rancher": {"enabled": True, "mode": "docker", "version": "v2.11.3"}}),
+                         nodes, tmp_path, QuietReporter())
+    (removal,) = nodes["rancher-host"].ran("docker rm -f rancher")
+    assert "rm -rf /var/lib/labctl/rancher /etc/labctl/rancher.env" in removal
+    assert not (tmp_path / "rancher-bootstrap-password").exists()
+
+
 def test_reset_rke_runs_rke_remove(tmp_path):
     nodes = fleet()
     ops.reset_kubernetes(lab_with({"distro": "rke"}), nodes, tmp_path, QuietReporter())
