@@ -232,9 +232,15 @@ def apply_cni(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     admin_control(lab).run(executor, f"apply -f {CNI_PATH}")
 
 
+# `reset --kubernetes` takes haproxy off the rancher node: a later distro's API server (RKE2 for
+# Rancher in helm mode) binds the same port 6443.
+REMOVE_BALANCER = ("systemctl disable --now haproxy 2>/dev/null || true; "
+                   "DEBIAN_FRONTEND=noninteractive apt-get purge -y haproxy; rm -rf /etc/haproxy")
+
+
 def balancer(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     """haproxy on the rancher node in front of several masters."""
-    node = render.rancher_node(lab)
+    node = render.api_balancer(lab)
     assert node is not None
     reporter.phase(node.name, "kubeadm", "API load balancer (haproxy)")
     remote.sh(executor, "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy", timeout=900)
@@ -247,10 +253,9 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
     first, extra_masters, workers = masters[0], masters[1:], render.workers(lab)
     nodes = [*masters, *workers]
     with package_source(lab, executors[first.name], reporter):
-        if extra_masters:
-            rancher = render.rancher_node(lab)
-            assert rancher is not None
-            balancer(lab, executors[rancher.name], reporter)
+        balancer_node = render.api_balancer(lab)
+        if balancer_node is not None:
+            balancer(lab, executors[balancer_node.name], reporter)
         in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
     primary = executors[first.name]
     init(lab, primary, reporter)

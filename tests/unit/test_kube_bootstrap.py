@@ -167,8 +167,11 @@ def test_extra_masters_get_certificate_key_and_balancer(tmp_path):
     master_ready["items"].append({"metadata": {"name": "kube-master2"},
                                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
     fleet["kube-master"].rules.insert(0, (r"get nodes -o json", ok(json.dumps(master_ready))))
-    kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    outcome = kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
     assert fleet["kube-master"].ran(r"kubeadm init --config .* --upload-certs")
+    # The saved kubeconfig goes through the balancer, the cluster's controlPlaneEndpoint.
+    server = yaml.safe_load(outcome.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    assert server == f"https://{lab.node('rancher-host').ip}:6443"
     (doc,) = schema.check_kubeadm_yaml(fleet["kube-master2"].files[render.KUBEADM_JOIN_CONFIG_PATH].decode())
     assert doc["controlPlane"]["certificateKey"] == key
     assert "server kube-master2" in fleet["rancher-host"].files["/etc/haproxy/haproxy.cfg"].decode()
