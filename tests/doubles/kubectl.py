@@ -19,8 +19,8 @@ import yaml
 from .common import APIError, Kubeconfig, api, die, record
 
 TOOL = "kubectl"
-SHORT = {"-n": "namespace", "-o": "output", "-l": "selector", "-f": "filename", "-p": "patch"}
-VALUED = {"kubeconfig", "namespace", "output", "selector", "filename", "patch", "timeout"}
+SHORT = {"-n": "namespace", "-o": "output", "-l": "selector", "-f": "filename", "-p": "patch", "-s": "server"}
+VALUED = {"kubeconfig", "namespace", "output", "selector", "filename", "patch", "timeout", "server"}
 RESOURCES = {"node": "nodes", "nodes": "nodes", "no": "nodes", "pod": "pods", "pods": "pods", "po": "pods"}
 
 
@@ -52,9 +52,11 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 def kubeconfig(flags: dict[str, str]) -> Kubeconfig:
     path = flags.get("kubeconfig") or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     try:
-        return Kubeconfig(path)
+        config = Kubeconfig(path)
     except OSError:
         die(TOOL, f"error: stat {path}: no such file or directory")
+    config.server = flags.get("server", config.server)
+    return config
 
 
 def call(config: Kubeconfig, method: str, path: str, body: Any = None) -> Any:
