@@ -402,7 +402,7 @@ def download_certs(server: str, token: str, key: str) -> dict[str, str]:
 
 def start_kubelet(registration: dict[str, Any], kubelet_config: dict[str, Any], bootstrap_server: str, ca: str,
                   token: str) -> None:
-    """kubeadm join's kubelet-start phase: bootstrap kubeconfig, config, flags, restart, wait for the TLS bootstrap."""
+    """kubeadm join's kubelet-start phase: bootstrap kubeconfig, config and flags, then restart the kubelet."""
     write(BOOTSTRAP_KUBELET_CONF, bootstrap_kubeconfig_text("kubernetes", bootstrap_server, ca, token), 0o600)
     write(KUBELET_DIR / "config.yaml", yaml.safe_dump(kubelet_config, sort_keys=False))
     write(KUBELET_DIR / "kubeadm-flags.env", kubelet_flags(registration))
