@@ -108,8 +108,13 @@ class StaticPods:
         if api_manifest.exists() and self.server is None:
             api_args = container_args(api_manifest)
             try:
+                etcd_server = api_args["etcd-servers"].split(",")[0]
+                # kube-apiserver serves only once its storage answers (until then a load balancer's
+                # TCP check must not find it).
+                if etcd.forward(etcd_server, "GET", "/health")[0] != 200:
+                    raise OSError(f"etcd at {etcd_server} is not healthy")
                 self.server = apiserver.Server(api_args["advertise-address"], int(api_args["secure-port"]),
-                                               etcd=api_args["etcd-servers"].split(",")[0])
+                                               etcd=etcd_server)
             except (OSError, KeyError, ValueError) as exc:
                 print(f"static pod kube-apiserver failed to start: {exc}", file=sys.stderr, flush=True)
             else:
