@@ -7,7 +7,7 @@ import re
 import shlex
 from collections.abc import Iterator
 
-from labctl.errors import CommandFailed
+from labctl.errors import CommandFailed, WaitTimeout
 from labctl.parallel import in_parallel
 from labctl.kube import artifacts, compat, remote, render
 from labctl.kube.cluster import Control
@@ -177,6 +177,23 @@ def init(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     remote.sh(executor, f"kubeadm init --config {render.KUBEADM_CONFIG_PATH}{upload}", timeout=1800)
 
 
+def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: float = 300) -> None:
+    """Wait until admin.conf's server (the controlPlaneEndpoint) answers. Behind haproxy the first master
+    counts only once the balancer's health checks pass, seconds after `kubeadm init` returns."""
+    control = admin_control(lab)
+    endpoint = f"{render.api_host(lab)}:{render.API_PORT}"
+    reporter.phase(control.node, "kubeadm", f"waiting for the API at {endpoint}")
+    if remote.wait_until(lambda: control.try_json(executor, "get nodes") is not None, timeout=timeout, interval=5):
+        return
+    balancer = render.api_balancer(lab)
+    raise WaitTimeout(
+        f"the API server did not answer at {endpoint} within {timeout:.0f} s of kubeadm init",
+        resolution=(f"look at haproxy on {balancer.name} (systemctl status haproxy, /etc/haproxy/haproxy.cfg) "
+                    "and the rancher node's firewall" if balancer is not None else
+                    f"look at the kubelet and the static pods on {control.node} (journalctl -u kubelet)"),
+    )
+
+
 def join_info(lab: Lab, executor: Executor) -> render.JoinInfo:
     """Token and CA hash from the cluster; a fresh certificate key when masters join."""
     printed = remote.sh(executor, "kubeadm token create --print-join-command").stdout
@@ -259,6 +276,7 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
         in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
     primary = executors[first.name]
     init(lab, primary, reporter)
+    wait_endpoint(lab, primary, reporter)
     apply_cni(lab, primary, reporter)
     info = join_info(lab, primary)
     for node in extra_masters:  # one at a time: each grows etcd by a member

@@ -64,9 +64,12 @@ def call(config: Kubeconfig, method: str, path: str, body: Any = None) -> Any:
         return api(config.server, method, path, body, credential=config.credential)
     except APIError as exc:
         die(TOOL, f"error: You must be logged in to the server ({exc})" if exc.status == 401 else f"Error from server: {exc}")
-    except OSError:
+    except OSError as exc:
         host = config.server.split("://", 1)[-1]
-        die(TOOL, f"The connection to the server {host} was refused - did you specify the right host or port?")
+        if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            die(TOOL, f"The connection to the server {host} was refused - did you specify the right host or port?")
+        # A load balancer with no healthy backend closes the connection: kubectl says EOF.
+        die(TOOL, f"Unable to connect to the server: {getattr(exc, 'reason', exc)}")
 
 
 def _selected(item: dict[str, Any], selector: str | None) -> bool:
