@@ -298,7 +298,9 @@ def rke_lab(labctl, labctl_home, lab_file, kubeadm_lab):
     """The same VMs, Kubernetes reset, the lab file switched to RKE."""
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     # The reset took labctl's haproxy off rancher-host (the multi-master phase put it there).
-    gone = "command -v haproxy || echo none; python3 -c \"import socket; socket.socket().bind(('0.0.0.0', 6443))\" && echo free"
+    # SO_REUSEADDR as servers set it: connections haproxy closed may linger in TIME_WAIT; only a listener counts.
+    gone = ("command -v haproxy || echo none; python3 -c \"import socket; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 6443)); s.listen()\" && echo free")
     assert on(labctl, lab_file, "rancher-host", gone).split() == ["none", "free"]
     artifacts = build.rke_artifacts(labctl_home / "artifacts-rke", RKE["rke_version"])
     write_lab(lab_file, {**RKE, "artifacts": str(artifacts)})
