@@ -7,7 +7,7 @@ import re
 import shlex
 from collections.abc import Iterator
 
-from labctl.errors import CommandFailed
+from labctl.errors import CommandFailed, WaitTimeout
 from labctl.parallel import in_parallel
 from labctl.kube import artifacts, compat, remote, render
 from labctl.kube.cluster import Control
@@ -177,6 +177,23 @@ def init(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     remote.sh(executor, f"kubeadm init --config {render.KUBEADM_CONFIG_PATH}{upload}", timeout=1800)
 
 
+def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: float = 300) -> None:
+    """Wait until admin.conf's server (the controlPlaneEndpoint) answers. Behind haproxy the first master
+    counts only once the balancer's health checks pass, seconds after `kubeadm init` returns."""
+    control = admin_control(lab)
+    endpoint = f"{render.api_host(lab)}:{render.API_PORT}"
+    reporter.phase(control.node, "kubeadm", f"waiting for the API at {endpoint}")
+    if remote.wait_until(lambda: control.try_json(executor, "get nodes") is not None, timeout=timeout, interval=5):
+        return
+    balancer = render.api_balancer(lab)
+    raise WaitTimeout(
+        f"the API server did not answer at {endpoint} within {timeout:.0f} s of kubeadm init",
+        resolution=(f"look at haproxy on {balancer.name} (systemctl status haproxy, /etc/haproxy/haproxy.cfg) "
+                    "and the rancher node's firewall" if balancer is not None else
+                    f"look at the kubelet and the static pods on {control.node} (journalctl -u kubelet)"),
+    )
+
+
 def join_info(lab: Lab, executor: Executor) -> render.JoinInfo:
     """Token and CA hash from the cluster; a fresh certificate key when masters join."""
     printed = remote.sh(executor, "kubeadm token create --print-join-command").stdout
@@ -232,9 +249,15 @@ def apply_cni(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     admin_control(lab).run(executor, f"apply -f {CNI_PATH}")
 
 
+# `reset --kubernetes` takes haproxy off the rancher node: a later distro's API server (RKE2 for
+# Rancher in helm mode) binds the same port 6443.
+REMOVE_BALANCER = ("systemctl disable --now haproxy 2>/dev/null || true; "
+                   "DEBIAN_FRONTEND=noninteractive apt-get purge -y haproxy; rm -rf /etc/haproxy")
+
+
 def balancer(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     """haproxy on the rancher node in front of several masters."""
-    node = render.rancher_node(lab)
+    node = render.api_balancer(lab)
     assert node is not None
     reporter.phase(node.name, "kubeadm", "API load balancer (haproxy)")
     remote.sh(executor, "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy", timeout=900)
@@ -247,13 +270,13 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], reporter: Reporter) -> C
     first, extra_masters, workers = masters[0], masters[1:], render.workers(lab)
     nodes = [*masters, *workers]
     with package_source(lab, executors[first.name], reporter):
-        if extra_masters:
-            rancher = render.rancher_node(lab)
-            assert rancher is not None
-            balancer(lab, executors[rancher.name], reporter)
+        balancer_node = render.api_balancer(lab)
+        if balancer_node is not None:
+            balancer(lab, executors[balancer_node.name], reporter)
         in_parallel(nodes, lambda n: install(lab, n, executors[n.name], reporter), "installing kubeadm")
     primary = executors[first.name]
     init(lab, primary, reporter)
+    wait_endpoint(lab, primary, reporter)
     apply_cni(lab, primary, reporter)
     info = join_info(lab, primary)
     for node in extra_masters:  # one at a time: each grows etcd by a member

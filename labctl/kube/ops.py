@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from labctl.errors import InvalidInput, LabctlError
-from labctl.kube import cluster, rancher, render, rke
+from labctl.kube import cluster, kubeadm, rancher, render, rke
 from labctl.kube.remote import run_script, sh
 from labctl.parallel import in_parallel
 from labctl.lab import Lab
@@ -156,6 +156,9 @@ def reset_kubernetes(lab: Lab, executors: dict[str, Executor], state_dir: Path, 
         command = (f"if command -v kubeadm >/dev/null; then kubeadm reset -f --cri-socket {socket}; fi; "
                    "rm -rf /etc/cni/net.d /etc/labctl/kubeadm*.yaml /etc/labctl/cni.yaml")
         in_parallel(cluster_nodes, lambda n: sh(executors[n.name], command, timeout=900), "kubeadm reset")
+        balancer = render.api_balancer(lab)
+        if balancer is not None:
+            sh(executors[balancer.name], kubeadm.REMOVE_BALANCER, timeout=900)
     elif kube.distro == "rke2":
         command = "if [ -x /usr/local/bin/rke2-uninstall.sh ]; then /usr/local/bin/rke2-uninstall.sh; fi"
         in_parallel(cluster_nodes, lambda n: sh(executors[n.name], command, timeout=900), "rke2 uninstall")

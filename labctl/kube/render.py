@@ -50,13 +50,18 @@ def rancher_node(lab: Lab) -> Node | None:
     return found[0] if found else None
 
 
+def api_balancer(lab: Lab) -> Node | None:
+    """The rancher node when it runs haproxy in front of the API: kubeadm with several masters."""
+    balancer = rancher_node(lab)
+    if len(masters(lab)) > 1 and lab.kubernetes.distro == "kubeadm" and balancer is not None:
+        return balancer
+    return None
+
+
 def api_host(lab: Lab) -> str:
     """Where clients reach the API server: the only master, or the load balancer on the rancher node."""
-    nodes = masters(lab)
-    balancer = rancher_node(lab)
-    if len(nodes) > 1 and lab.kubernetes.distro == "kubeadm" and balancer is not None:
-        return str(balancer.ip)
-    return str(nodes[0].ip)
+    balancer = api_balancer(lab)
+    return str(balancer.ip if balancer is not None else masters(lab)[0].ip)
 
 
 def rancher_hostname(lab: Lab) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labctl.errors import InvalidInput
+from labctl.kube import render
 from labctl.lab import Lab, Node
 
 KUBERNETES_PORTS = "https://kubernetes.io/docs/reference/networking/ports-and-protocols/"
@@ -117,6 +118,8 @@ TABLES: dict[str, dict[str, tuple[PortRule, ...]]] = {
     },
 }
 TABLES["none"] = TABLES["kubeadm"]
+# haproxy on the rancher node in front of several kubeadm masters (labctl.kube.kubeadm.balancer).
+API_BALANCER = _rules(KUBERNETES_PORTS, ("6443/tcp", "Kubernetes API (haproxy in front of the masters)"))
 
 # Ports of the pod network, on every Kubernetes node (not on a rancher-only node). A bare name
 # such as "ipip" is an IP protocol, opened with firewalld's --add-protocol.
@@ -146,6 +149,9 @@ def rules_for(lab: Lab, node: Node) -> list[PortRule]:
         rules += table[role.value]
     if node.has_role(*KUBERNETES_ROLES):
         rules += _cni_rules(lab)
+    balancer = render.api_balancer(lab)
+    if balancer is not None and balancer.name == node.name:
+        rules += API_BALANCER
     for role in node.roles:
         rules += [PortRule(p, "lab file", f"provisioning.firewall.role_ports.{role.value}")
                   for p in firewall.role_ports.get(role.value, ())]

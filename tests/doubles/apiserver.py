@@ -1,9 +1,12 @@
-"""The API server double: the cluster's state in one JSON file (its "etcd" data dir), served over HTTP.
+"""The API server double: the cluster's state as one JSON document, served over HTTP.
 
+The state lives in a data dir's file (RKE's and RKE2's doubles) or in the etcd double kubeadm's
+static pods run (tests/doubles/etcd.py), which the API servers of several masters share.
 Who may do what mirrors the real API: the admin credential (admin.conf) reads and writes
 everything; a bootstrap token (issued by `kubeadm init` / `kubeadm token create`) only fetches
-the kubelet config and trades itself for a node credential; a node credential registers and
-heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
+the kubelet config and kubeadm's kubeadm-config and kubeadm-certs (encrypted with the certificate
+key, which the API never sees) and trades itself for a node credential; a node credential registers
+and heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
 pods placed on it). Nodes are Ready while their kubelet heartbeats and a CNI DaemonSet whose pod
 network equals the cluster's pod subnet has been applied; CoreDNS runs once a node is Ready.
 """
@@ -18,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from . import etcd
 from .common import parse_flags
 
 STATE_FILE = "labctl-double-apiserver.json"
@@ -131,21 +135,66 @@ def pod_views(state: dict[str, Any], now: float) -> list[dict[str, Any]]:
     return pods
 
 
-class Server:
-    """One cluster state served on port and on extra_ports (RKE2's supervisor port answers the same API)."""
+class FileStore:
+    """The state in this process, saved to the data dir's file (RKE's and RKE2's doubles)."""
 
-    def __init__(self, address: str, port: int, data_dir: Path | str, extra_ports: tuple[int, ...] = ()):
+    def __init__(self, data_dir: Path | str):
         self.data_dir = Path(data_dir)
-        self.lock = threading.Lock()
         self.state = read_state(self.data_dir)
+
+    def load(self) -> tuple[dict[str, Any], int | None]:
+        return self.state, None
+
+    def save(self, state: dict[str, Any], revision: int | None) -> None:
+        write_state(self.data_dir, state)
+
+    def members(self) -> list[dict[str, Any]] | None:
+        return None
+
+
+class Conflict(Exception):
+    """Another API server wrote since this one read."""
+
+
+class EtcdStore:
+    """The state in the etcd double at --etcd-servers, read and written whole per request."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def load(self) -> tuple[dict[str, Any], int | None]:
+        status, answer = etcd.forward(self.url, "GET", "/state")
+        if status != 200:
+            raise OSError(answer.get("message", f"etcd answered {status}"))
+        return answer["state"], answer["revision"]
+
+    def save(self, state: dict[str, Any], revision: int | None) -> None:
+        status, answer = etcd.forward(self.url, "PUT", "/state", {"revision": revision, "state": state})
+        if status == 409:
+            raise Conflict(answer["message"])
+        if status != 200:
+            raise OSError(answer.get("message", f"etcd answered {status}"))
+
+    def members(self) -> list[dict[str, Any]] | None:
+        return etcd.forward(self.url, "GET", "/members")[1]["members"]
+
+
+class Server:
+    """One cluster state served on port and on extra_ports (RKE2's supervisor port answers the same API).
+
+    The state lives in data_dir (one process owns it) or, given etcd (a URL), in the etcd double,
+    which several API servers share.
+    """
+
+    def __init__(self, address: str, port: int, data_dir: Path | str | None = None, extra_ports: tuple[int, ...] = (),
+                 *, etcd: str | None = None):
+        self.store = EtcdStore(etcd) if etcd else FileStore(data_dir)
+        self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_double": self})
         self.listeners = [ThreadingHTTPServer((address, p), handler) for p in (port, *extra_ports)]
         for listener in self.listeners:
             listener.daemon_threads = True
         self.httpd = self.listeners[0]
-
-    def save(self) -> None:
-        write_state(self.data_dir, self.state)
 
     def serve_forever(self) -> None:
         self.start()
@@ -202,13 +251,23 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, {"message": "request body is not JSON"})
             return
-        with double.lock:
-            state = double.state
-            credential = self._credential()
-            admin = bool(credential) and secrets.compare_digest(credential, state["admin"])
-            status, answer, changed = self._route(method, path, body, state, credential, admin)
-            if changed:
-                double.save()
+        credential = self._credential()
+        for _attempt in range(5):
+            try:
+                with double.lock:
+                    state, revision = double.store.load()
+                    admin = bool(credential) and secrets.compare_digest(credential, state["admin"])
+                    status, answer, changed = self._route(method, path, body, state, credential, admin)
+                    if changed:
+                        double.store.save(state, revision)
+                break
+            except Conflict:
+                continue
+            except OSError as exc:
+                status, answer = 503, {"message": f"etcdserver: {exc}"}
+                break
+        else:
+            status, answer = 409, {"message": "the object has been modified; please apply your changes to the latest version"}
         self._send(status, answer)
 
     def _route(self, method, path, body, state, credential, admin):
@@ -226,6 +285,18 @@ class _Handler(BaseHTTPRequestHandler):
             if not (admin or credential in state["tokens"]):
                 return 401, {"message": "Unauthorized"}, False
             return 200, state["kubelet_config"], False
+        if method == "GET" and path == "/kubeadm-config":
+            # kube-system/kubeadm-config, which bootstrap tokens may read.
+            if not (admin or credential in state["tokens"]):
+                return 401, {"message": "Unauthorized"}, False
+            return 200, state["cluster"], False
+        if method == "GET" and path == "/secrets/kubeadm-certs":
+            # Readable with a bootstrap token, as kubeadm's RBAC allows; only the certificate key opens it.
+            if not (admin or credential in state["tokens"]):
+                return 401, {"message": "Unauthorized"}, False
+            if "kubeadm_certs" not in state:
+                return 404, {"message": 'secrets "kubeadm-certs" not found'}, False
+            return 200, state["kubeadm_certs"], False
         if method == "POST" and path == "/bootstrap":
             token = (body or {}).get("token", "")
             if token not in state["tokens"]:
@@ -248,6 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and path == "/tokens":
             state["tokens"][body["token"]] = {"created": now}
             return 201, {"token": body["token"]}, True
+        if method == "PUT" and path == "/secrets/kubeadm-certs":
+            state["kubeadm_certs"] = body
+            return 200, {}, True
+        if method == "GET" and path == "/etcd-members":
+            members = self.server_double.store.members()
+            if members is None:
+                return 404, {"message": "this API server's etcd has no member list"}, False
+            return 200, {"members": members}, False
         if method == "POST" and path == "/node-credentials":
             state["node_credentials"][body["credential"]] = {"node": body["node"], "token": None}
             return 201, {}, True

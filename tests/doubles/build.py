@@ -67,12 +67,16 @@ def cni_manifest(cni: str) -> str:
     return yaml.safe_dump_all([config, daemonset], sort_keys=False)
 
 
-def kubeadm_artifacts(root: Path, version: str, *, cni: str = "canal", fail: str | None = None) -> Path:
-    """DIR/kubeadm/<version>/bin/{kubeadm,kubelet,kubectl,crictl}, an empty images dir, DIR/cni/<cni>.yaml."""
+def kubeadm_artifacts(root: Path, version: str, *, cni: str = "canal", fail: str | None = None,
+                      runtime: str = "containerd") -> Path:
+    """DIR/kubeadm/<version>/bin/{kubeadm,kubelet,kubectl,crictl}, an empty images dir, DIR/cni/<cni>.yaml;
+    DIR/cri-dockerd/bin/cri-dockerd for runtime docker."""
     behaviour = {"version": version, **({"fail": fail} if fail else {})}
     base = artifacts.kubeadm_dir(root, version)
     for tool in ("kubeadm", "kubelet", "kubectl", "crictl"):
         build(tool, base / "bin" / tool, behaviour)
+    if runtime == "docker":
+        build("cri_dockerd", root / "cri-dockerd" / "bin" / "cri-dockerd", {"version": "0.3.20"})
     (base / "images").mkdir(exist_ok=True)
     (root / "cni").mkdir(parents=True, exist_ok=True)
     (root / "cni" / f"{cni}.yaml").write_text(cni_manifest(cni))

@@ -6,12 +6,21 @@ kubelet.conf, static pod manifests) and /var/lib/kubelet, starts the kubelet, wa
 server the kubelet runs, marks the control plane and prints a join command with a fresh token.
 `join --config` discovers the cluster at apiServerEndpoint, checks the CA against caCertHashes,
 presents the token (the API server double rejects tokens it never issued), and waits for the
-kubelet's TLS bootstrap. Every call is logged, with the tokens, for the test to compare.
+kubelet's TLS bootstrap. With a controlPlane section it also needs a cluster with a
+controlPlaneEndpoint, opens the kubeadm-certs Secret with certificateKey (`init --upload-certs` and
+`init phase upload-certs --upload-certs` seal the shared certificates with a fresh key; a new
+upload replaces the old), adds an etcd member through the first member, writes the control
+plane's static pods (its API server works on that shared etcd) and marks the node control-plane.
+Every call is logged, with the tokens and keys, for the test to compare.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
+import json
 import re
 import secrets
 import shutil
@@ -25,8 +34,8 @@ import yaml
 
 from labctl.kube import schema
 
-from . import apiserver
-from .common import (Kubeconfig, APIError, api, behaviour, bootstrap_kubeconfig_text, ca_hash, die, kubeconfig_text,
+from . import apiserver, etcd
+from .common import (Kubeconfig, APIError, api, behaviour, bootstrap_kubeconfig_text, ca_hash, cri_call, die, kubeconfig_text,
                      new_ca, new_token, parse_flags, record, wait_for, write)
 
 KUBERNETES = Path("/etc/kubernetes")
@@ -122,6 +131,12 @@ def preflight(*, control_plane: bool, cri_socket: str) -> None:
     if not Path(cri_socket.removeprefix("unix://")).is_socket():
         errors.append(f"[ERROR CRI]: container runtime is not running: validate CRI v1 runtime API for endpoint "
                       f"\"{cri_socket}\": dial unix {cri_socket.removeprefix('unix://')}: connect: no such file or directory")
+    elif "cri-dockerd" in cri_socket:
+        try:
+            cri_call(cri_socket, "Version")
+        except OSError as exc:
+            errors.append(f"[ERROR CRI]: container runtime is not running: validate CRI v1 runtime API for endpoint "
+                          f"\"{cri_socket}\": {exc}")
     for port in (*CONTROL_PLANE_PORTS, KUBELET_PORT) if control_plane else (KUBELET_PORT,):
         if not _port_free(port):
             errors.append(f"[ERROR Port-{port}]: Port {port} is in use")
@@ -149,6 +164,37 @@ def static_pod(name: str, image: str, command: list[str]) -> str:
         "spec": {"hostNetwork": True, "priorityClassName": "system-node-critical",
                  "containers": [{"name": name, "image": image, "command": command}]},
     }, sort_keys=False)
+
+
+def check_etcd_dir(data_dir: str) -> None:
+    if Path(data_dir).is_dir() and any(Path(data_dir).iterdir()):
+        die(TOOL, f"error execution phase preflight: [ERROR DirAvailable-{data_dir.replace('/', '-')}]: {data_dir} is not empty")
+
+
+def control_plane_manifests(cluster: dict[str, Any], advertise: str, port: int) -> dict[str, str]:
+    """kube-apiserver (on the local etcd member, as kubeadm's stacked etcd has it), controller-manager, scheduler."""
+    registry, version = cluster["image_repository"], cluster["kubernetes_version"]
+    return {
+        "kube-apiserver": static_pod("kube-apiserver", f"{registry}/kube-apiserver:{version}", [
+            "kube-apiserver", f"--advertise-address={advertise}", f"--secure-port={port}",
+            f"--service-cluster-ip-range={cluster['service_subnet']}", "--etcd-servers=https://127.0.0.1:2379"]),
+        "kube-controller-manager": static_pod("kube-controller-manager", f"{registry}/kube-controller-manager:{version}",
+                                              ["kube-controller-manager",
+                                               *(f"--{k}={v}" for k, v in cluster["controller_args"].items())]),
+        "kube-scheduler": static_pod("kube-scheduler", f"{registry}/kube-scheduler:{version}", ["kube-scheduler"]),
+    }
+
+
+def etcd_manifest(registry: str, name: str, advertise: str, data_dir: str, members: dict[str, str], state: str) -> str:
+    """The etcd member's static pod; a joining member names every member and cluster state `existing`."""
+    return static_pod("etcd", f"{registry}/etcd:3.6.5-0", [
+        "etcd", f"--name={name}", f"--data-dir={data_dir}",
+        f"--advertise-client-urls=https://{advertise}:2379",
+        f"--listen-client-urls=https://127.0.0.1:2379,https://{advertise}:2379",
+        f"--initial-advertise-peer-urls=https://{advertise}:2380", f"--listen-peer-urls=https://{advertise}:2380",
+        "--initial-cluster=" + ",".join(f"{member}={url}" for member, url in members.items()),
+        f"--initial-cluster-state={state}",
+        "--cert-file=/etc/kubernetes/pki/etcd/server.crt", "--key-file=/etc/kubernetes/pki/etcd/server.key"])
 
 
 def kubelet_flags(registration: dict[str, Any]) -> str:
@@ -188,13 +234,13 @@ def init(flags: dict[str, str]) -> None:
     service_subnet = networking.get("serviceSubnet", "10.96.0.0/12")
     endpoint = cluster_doc.get("controlPlaneEndpoint") or f"{advertise}:{port}"
     data_dir = cluster_doc.get("etcd", {}).get("local", {}).get("dataDir", "/var/lib/etcd")
-    if Path(data_dir).is_dir() and any(Path(data_dir).iterdir()):
-        die(TOOL, f"error execution phase preflight: [ERROR DirAvailable-{data_dir.replace('/', '-')}]: {data_dir} is not empty")
+    check_etcd_dir(data_dir)
 
     ca = new_ca()
-    for path in (PKI / "ca.crt", PKI / "etcd" / "ca.crt", PKI / "etcd" / "server.crt"):
+    for path in (PKI / "ca.crt", PKI / "etcd" / "ca.crt", PKI / "etcd" / "server.crt", PKI / "front-proxy-ca.crt"):
         write(path, ca)
-    for path in (PKI / "ca.key", PKI / "etcd" / "ca.key", PKI / "etcd" / "server.key"):
+    for path in (PKI / "ca.key", PKI / "etcd" / "ca.key", PKI / "etcd" / "server.key", PKI / "front-proxy-ca.key",
+                 PKI / "sa.key", PKI / "sa.pub"):
         write(path, secrets.token_hex(32) + "\n", mode=0o600)
     admin_credential, node_credential, token = secrets.token_hex(16), secrets.token_hex(16), new_token()
     kubelet_config = dict(documents.get("KubeletConfiguration", {"apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -204,26 +250,19 @@ def init(flags: dict[str, str]) -> None:
     state = apiserver.initial_state(
         cluster={"name": cluster_doc.get("clusterName", "kubernetes"), "pod_subnet": pod_subnet,
                  "service_subnet": service_subnet, "dns_domain": kubelet_config["clusterDomain"],
-                 "kubernetes_version": version, "endpoint": endpoint},
+                 "kubernetes_version": version, "endpoint": endpoint,
+                 "control_plane_endpoint": cluster_doc.get("controlPlaneEndpoint", ""),
+                 "image_repository": cluster_doc.get("imageRepository", "registry.k8s.io"),
+                 "controller_args": {"cluster-cidr": pod_subnet, "allocate-node-cidrs": "true",
+                                     **args_map(cluster_doc.get("controllerManager", {}).get("extraArgs"))}},
         ca_pem=ca, admin_credential=admin_credential, kubelet_config=kubelet_config)
     state["tokens"][token] = {"created": 0}
     state["node_credentials"][node_credential] = {"node": name, "token": None}
     apiserver.write_state(data_dir, state)
 
-    registry = cluster_doc.get("imageRepository", "registry.k8s.io")
-    controller_args = {"cluster-cidr": pod_subnet, "allocate-node-cidrs": "true",
-                       **args_map(cluster_doc.get("controllerManager", {}).get("extraArgs"))}
-    manifests = {
-        "etcd": static_pod("etcd", f"{registry}/etcd:3.6.5-0", [
-            "etcd", f"--data-dir={data_dir}", f"--advertise-client-urls=https://{advertise}:2379",
-            "--cert-file=/etc/kubernetes/pki/etcd/server.crt", "--key-file=/etc/kubernetes/pki/etcd/server.key"]),
-        "kube-apiserver": static_pod("kube-apiserver", f"{registry}/kube-apiserver:{version}", [
-            "kube-apiserver", f"--advertise-address={advertise}", f"--secure-port={port}",
-            f"--service-cluster-ip-range={service_subnet}"]),
-        "kube-controller-manager": static_pod("kube-controller-manager", f"{registry}/kube-controller-manager:{version}",
-                                              ["kube-controller-manager", *(f"--{k}={v}" for k, v in controller_args.items())]),
-        "kube-scheduler": static_pod("kube-scheduler", f"{registry}/kube-scheduler:{version}", ["kube-scheduler"]),
-    }
+    registry = state["cluster"]["image_repository"]
+    manifests = {**control_plane_manifests(state["cluster"], advertise, port),
+                 "etcd": etcd_manifest(registry, name, advertise, data_dir, {name: f"https://{advertise}:2380"}, "new")}
     for manifest, text in manifests.items():
         write(MANIFESTS / f"{manifest}.yaml", text, mode=0o600)
     cluster_name = state["cluster"]["name"]
@@ -255,7 +294,7 @@ def init(flags: dict[str, str]) -> None:
     record(TOOL, command="init", token=token, ca_hash=hash_, node=name, endpoint=endpoint, documents=documents)
     print("\nYour Kubernetes control-plane has initialized successfully!\n")
     if flags.get("upload-certs") == "true":
-        print(f"[upload-certs] Using certificate key:\n{secrets.token_hex(32)}\n")
+        print(f"[upload-certs] Using certificate key:\n{upload_certs(server, admin_credential)}\n")
     print("Then you can join any number of worker nodes by running the following on each as root:\n")
     print(f"kubeadm join {endpoint} --token {token} \\\n\t--discovery-token-ca-cert-hash {hash_} ")
 
@@ -297,11 +336,90 @@ def token_create(flags: dict[str, str]) -> None:
         print(token)
 
 
+# What `kubeadm init phase upload-certs` puts in the kubeadm-certs Secret (kubeadm's copycerts).
+SHARED_CERTS = ("ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key",
+                "etcd/ca.crt", "etcd/ca.key")
+# The double's stand-in for a client certificate the CA key signs: the admin credential travels with the CA.
+ADMIN_CREDENTIAL_ENTRY = "admin-credential"
+
+
+def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
+    blocks = (hashlib.sha256(key + nonce + counter.to_bytes(8, "big")).digest() for counter in range(length // 32 + 1))
+    return b"".join(blocks)[:length]
+
+
+def seal(key_hex: str, data: bytes) -> str:
+    """Encrypt and authenticate with the certificate key (kubeadm uses AES-GCM; the doubles keep to the stdlib)."""
+    key, nonce = bytes.fromhex(key_hex), secrets.token_bytes(16)
+    ciphertext = bytes(a ^ b for a, b in zip(data, _keystream(key, nonce, len(data))))
+    tag = hmac.new(key, nonce + ciphertext, hashlib.sha256).digest()
+    return base64.b64encode(nonce + ciphertext + tag).decode()
+
+
+def unseal(key_hex: str, sealed: str) -> bytes:
+    key, blob = bytes.fromhex(key_hex), base64.b64decode(sealed)
+    nonce, ciphertext, tag = blob[:16], blob[16:-32], blob[-32:]
+    if not hmac.compare_digest(tag, hmac.new(key, nonce + ciphertext, hashlib.sha256).digest()):
+        raise ValueError("cipher: message authentication failed")
+    return bytes(a ^ b for a, b in zip(ciphertext, _keystream(key, nonce, len(ciphertext))))
+
+
+def upload_certs(server: str, admin_credential: str) -> str:
+    """Encrypt the shared certificates with a fresh key into the cluster's kubeadm-certs; the key is printed only."""
+    bundle = {name: (PKI / name).read_text() for name in SHARED_CERTS}
+    bundle[ADMIN_CREDENTIAL_ENTRY] = admin_credential
+    key = secrets.token_hex(32)
+    try:
+        api(server, "PUT", "/secrets/kubeadm-certs", {"data": seal(key, json.dumps(bundle).encode())},
+            credential=admin_credential)
+    except (OSError, APIError) as exc:
+        die(TOOL, f"error execution phase upload-certs: error uploading certs: {exc}")
+    record(TOOL, command="upload-certs", certificate_key=key, server=server)
+    print('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
+    return key
+
+
+def download_certs(server: str, token: str, key: str) -> dict[str, str]:
+    phase = "error execution phase control-plane-prepare/download-certs: error downloading certs"
+    print('[download-certs] Downloading the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
+    try:
+        bytes.fromhex(key)
+    except ValueError:
+        die(TOOL, f"{phase}: error decoding certificate key: encoding/hex: invalid byte")
+    try:
+        sealed = api(server, "GET", "/secrets/kubeadm-certs", credential=token)
+    except APIError as exc:
+        if exc.status == 404:
+            die(TOOL, f'{phase}: error downloading the secret: Secret "kubeadm-certs" was not found in the "kube-system" '
+                      "Namespace. This Secret might have expired. Please, run `kubeadm init phase upload-certs "
+                      "--upload-certs` on a control plane to generate a new one")
+        die(TOOL, f"{phase}: error downloading the secret: {exc}")
+    try:
+        return json.loads(unseal(key, sealed["data"]))
+    except ValueError as exc:
+        die(TOOL, f"{phase}: error decoding secret data with provided key: {exc}")
+
+
+def start_kubelet(registration: dict[str, Any], kubelet_config: dict[str, Any], bootstrap_server: str, ca: str,
+                  token: str) -> None:
+    """kubeadm join's kubelet-start phase: bootstrap kubeconfig, config and flags, then restart the kubelet."""
+    write(BOOTSTRAP_KUBELET_CONF, bootstrap_kubeconfig_text("kubernetes", bootstrap_server, ca, token), 0o600)
+    write(KUBELET_DIR / "config.yaml", yaml.safe_dump(kubelet_config, sort_keys=False))
+    write(KUBELET_DIR / "kubeadm-flags.env", kubelet_flags(registration))
+    print("[kubelet-start] Starting the kubelet\n[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap")
+    restart_kubelet()
+
+
+def wait_tls_bootstrap() -> None:
+    if not wait_for(KUBELET_CONF.exists, timeout=240):
+        die(TOOL, "error execution phase kubelet-start: timed out waiting for the kubelet to perform the TLS Bootstrap")
+    BOOTSTRAP_KUBELET_CONF.unlink()
+
+
 def join(flags: dict[str, str]) -> None:
     documents = load_config(flags.get("config", ""), {"JoinConfiguration"})
     join_doc = documents["JoinConfiguration"]
-    if "controlPlane" in join_doc:
-        die(TOOL, "this kubeadm double joins workers only; a control-plane join was asked for")
+    control_plane = join_doc.get("controlPlane")
     registration = join_doc.get("nodeRegistration", {})
     registration.setdefault("criSocket", "unix:///run/containerd/containerd.sock")
     discovery = join_doc.get("discovery", {}).get("bootstrapToken", {})
@@ -310,7 +428,7 @@ def join(flags: dict[str, str]) -> None:
         die(TOOL, f'the bootstrap token "{token}" was not of the form "^([a-z0-9]{{6}})\\.([a-z0-9]{{16}})$"')
     if not pins:
         die(TOOL, "discovery.bootstrapToken: Invalid value: using token-based discovery without caCertHashes can be unsafe")
-    preflight(control_plane=False, cri_socket=registration["criSocket"])
+    preflight(control_plane=control_plane is not None, cri_socket=registration["criSocket"])
     server = f"https://{endpoint}"
     info: dict[str, Any] = {}
 
@@ -331,18 +449,76 @@ def join(flags: dict[str, str]) -> None:
     except APIError as exc:
         die(TOOL, f"error execution phase preflight: couldn't validate the identity of the API Server: {exc}\n"
                   "Use \"kubeadm token create\" on the control-plane node to create a new valid token")
-    write(PKI / "ca.crt", info["ca"])
-    write(BOOTSTRAP_KUBELET_CONF, bootstrap_kubeconfig_text("kubernetes", server, info["ca"], token), 0o600)
-    write(KUBELET_DIR / "config.yaml", yaml.safe_dump(kubelet_config, sort_keys=False))
-    write(KUBELET_DIR / "kubeadm-flags.env", kubelet_flags(registration))
-    print("[kubelet-start] Starting the kubelet\n[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap")
-    restart_kubelet()
-    if not wait_for(KUBELET_CONF.exists, timeout=240):
-        die(TOOL, "error execution phase kubelet-start: timed out waiting for the kubelet to perform the TLS Bootstrap")
-    BOOTSTRAP_KUBELET_CONF.unlink()
-    record(TOOL, command="join", token=token, ca_hashes=pins, endpoint=endpoint,
-           node=registration.get("name") or socket.gethostname(), documents=documents)
-    print("\nThis node has joined the cluster:\n* Certificate signing request was sent to apiserver and a response was received.")
+    name = registration.get("name") or socket.gethostname()
+    if control_plane is not None:
+        join_control_plane(server, token, info["ca"], control_plane, registration, kubelet_config, name)
+    else:
+        write(PKI / "ca.crt", info["ca"])
+        start_kubelet(registration, kubelet_config, server, info["ca"], token)
+        wait_tls_bootstrap()
+    record(TOOL, command="join", token=token, ca_hashes=pins, endpoint=endpoint, node=name, documents=documents,
+           control_plane=control_plane is not None,
+           certificate_key=(control_plane or {}).get("certificateKey"))
+    if control_plane is not None:
+        print("\nThis node has joined the cluster and a new control plane instance was created")
+    else:
+        print("\nThis node has joined the cluster:\n* Certificate signing request was sent to apiserver and a response was received.")
+
+
+def join_control_plane(server: str, token: str, ca: str, control_plane: dict[str, Any], registration: dict[str, Any],
+                       kubelet_config: dict[str, Any], name: str) -> None:
+    """kubeadm's control-plane-prepare, kubelet-start and control-plane-join phases for a stacked etcd member."""
+    cluster = api(server, "GET", "/kubeadm-config", credential=token)
+    if not cluster.get("control_plane_endpoint"):
+        die(TOOL, "error execution phase preflight: \nOne or more conditions for hosting a new control plane instance "
+                  "is not satisfied.\n\nunable to add a new control plane instance to a cluster that doesn't have a "
+                  "stable controlPlaneEndpoint address")
+    local = control_plane.get("localAPIEndpoint", {})
+    advertise = local.get("advertiseAddress") or socket.gethostbyname(socket.gethostname())
+    port = int(local.get("bindPort", 6443))
+    if not _is_local(advertise):
+        die(TOOL, f"advertiseAddress {advertise} is not an address of this host")
+    data_dir = "/var/lib/etcd"
+    check_etcd_dir(data_dir)
+    bundle = download_certs(server, token, control_plane.get("certificateKey", ""))
+    admin_credential = bundle.pop(ADMIN_CREDENTIAL_ENTRY)
+    for entry, text in bundle.items():
+        write(PKI / entry, text, mode=0o600 if entry.endswith(".key") else 0o644)
+    write(PKI / "etcd" / "server.crt", bundle["etcd/ca.crt"])
+    write(PKI / "etcd" / "server.key", secrets.token_hex(32) + "\n", mode=0o600)
+    for manifest, text in control_plane_manifests(cluster, advertise, port).items():
+        write(MANIFESTS / f"{manifest}.yaml", text, mode=0o600)
+    for conf, user in (("admin.conf", "kubernetes-admin"), ("controller-manager.conf", "system:kube-controller-manager"),
+                       ("scheduler.conf", "system:kube-scheduler")):
+        write(KUBERNETES / conf, kubeconfig_text(cluster["name"], server, ca, user, admin_credential), 0o600)
+    # The kubelet of a control-plane node talks to its own API server (kubeadm's ControlPlaneKubeletLocalMode).
+    local_server = f"https://{advertise}:{port}"
+    start_kubelet(registration, kubelet_config, local_server, ca, token)
+
+    print("[etcd] Announced new etcd member joining to the existing etcd cluster")
+    try:
+        members = api(server, "GET", "/etcd-members", credential=admin_credential)["members"]
+        status, answer = etcd.forward(members[0]["clientURLs"][0], "POST", "/members", {
+            "name": name, "peerURLs": [f"https://{advertise}:2380"], "clientURLs": [f"https://{advertise}:2379"]})
+    except (OSError, APIError) as exc:
+        die(TOOL, f"error execution phase control-plane-join/etcd: error creating local etcd static pod manifest file: {exc}")
+    if status != 201:
+        die(TOOL, f"error execution phase control-plane-join/etcd: etcdserver: {answer.get('message')}")
+    member_urls = {m["name"]: m["peerURLs"][0] for m in answer["members"]}
+    write(MANIFESTS / "etcd.yaml", etcd_manifest(cluster["image_repository"], name, advertise, data_dir, member_urls,
+                                                 "existing"), mode=0o600)
+    print("[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s")
+    if not wait_for(lambda: api(local_server, "GET", "/healthz") == "ok", timeout=240):
+        die(TOOL, "error execution phase control-plane-join/etcd: the local API server did not become healthy within 4m0s")
+    wait_tls_bootstrap()
+    nodes = lambda: {n["metadata"]["name"] for n in api(local_server, "GET", "/nodes", credential=admin_credential)["items"]}  # noqa: E731
+    if not wait_for(lambda: name in nodes(), timeout=180):
+        die(TOOL, f"error execution phase control-plane-join/mark-control-plane: nodes \"{name}\" not found")
+    taints = registration.get("taints")
+    if taints is None:
+        taints = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    api(local_server, "PATCH", f"/nodes/{name}",
+        {"labels": {"node-role.kubernetes.io/control-plane": ""}, "taints": taints}, credential=admin_credential)
 
 
 def reset(flags: dict[str, str]) -> None:
@@ -365,9 +541,11 @@ def main(argv: list[str]) -> None:
     # `-f` is kubeadm reset's short form of --force.
     flags, words = parse_flags(["--force" if arg == "-f" else arg for arg in argv])
     record(TOOL, words=words)
-    if words[:1] == ["init"] and words[1:3] == ["phase", "upload-certs"]:
-        admin()
-        print(f"[upload-certs] Using certificate key:\n{secrets.token_hex(32)}")
+    if words == ["init", "phase", "upload-certs"]:
+        if flags.get("upload-certs") != "true":
+            die(TOOL, "[upload-certs] Skipping phase. Please see --upload-certs")
+        config = admin()
+        print(f"[upload-certs] Using certificate key:\n{upload_certs(config.server, config.credential)}")
     elif words == ["init"]:
         init(flags)
     elif words[:2] == ["token", "create"]:

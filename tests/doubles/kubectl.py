@@ -19,8 +19,8 @@ import yaml
 from .common import APIError, Kubeconfig, api, die, record
 
 TOOL = "kubectl"
-SHORT = {"-n": "namespace", "-o": "output", "-l": "selector", "-f": "filename", "-p": "patch"}
-VALUED = {"kubeconfig", "namespace", "output", "selector", "filename", "patch", "timeout"}
+SHORT = {"-n": "namespace", "-o": "output", "-l": "selector", "-f": "filename", "-p": "patch", "-s": "server"}
+VALUED = {"kubeconfig", "namespace", "output", "selector", "filename", "patch", "timeout", "server"}
 RESOURCES = {"node": "nodes", "nodes": "nodes", "no": "nodes", "pod": "pods", "pods": "pods", "po": "pods",
              "configmap": "configmaps", "configmaps": "configmaps", "cm": "configmaps"}
 NAMESPACED = {"pods", "configmaps"}
@@ -54,9 +54,11 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 def kubeconfig(flags: dict[str, str]) -> Kubeconfig:
     path = flags.get("kubeconfig") or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     try:
-        return Kubeconfig(path)
+        config = Kubeconfig(path)
     except OSError:
         die(TOOL, f"error: stat {path}: no such file or directory")
+    config.server = flags.get("server", config.server)
+    return config
 
 
 def call(config: Kubeconfig, method: str, path: str, body: Any = None) -> Any:
@@ -64,9 +66,12 @@ def call(config: Kubeconfig, method: str, path: str, body: Any = None) -> Any:
         return api(config.server, method, path, body, credential=config.credential)
     except APIError as exc:
         die(TOOL, f"error: You must be logged in to the server ({exc})" if exc.status == 401 else f"Error from server: {exc}")
-    except OSError:
+    except OSError as exc:
         host = config.server.split("://", 1)[-1]
-        die(TOOL, f"The connection to the server {host} was refused - did you specify the right host or port?")
+        if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            die(TOOL, f"The connection to the server {host} was refused - did you specify the right host or port?")
+        # A load balancer with no healthy backend closes the connection: kubectl says EOF.
+        die(TOOL, f"Unable to connect to the server: {getattr(exc, 'reason', exc)}")
 
 
 def _selected(item: dict[str, Any], selector: str | None) -> bool:

@@ -1,10 +1,11 @@
 """kubelet double, run by systemd from the unit labctl installs.
 
 Checks its flags and --config as the kubelet does (KubeletConfiguration fields, a container
-runtime socket that exists, the cgroup driver containerd is set up for), runs the control plane's
-static pods from /etc/kubernetes/manifests (the API server double stands for kube-apiserver and
-etcd), trades the bootstrap token in --bootstrap-kubeconfig for a node credential written to
---kubeconfig (TLS bootstrap), then heartbeats its node.
+runtime socket that exists, the cgroup driver of containerd's config or of Docker as the
+cri-dockerd double reports it), runs the control plane's static pods from /etc/kubernetes/manifests
+(the etcd double and the API server double on it), trades the bootstrap token in
+--bootstrap-kubeconfig for a node credential written to --kubeconfig (TLS bootstrap), then
+heartbeats its node.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import yaml
 
 from labctl.kube import schema
 
-from . import apiserver
-from .common import APIError, Kubeconfig, api, behaviour, die, kubeconfig_text, parse_flags, record, write
+from . import apiserver, etcd
+from .common import (APIError, Kubeconfig, api, behaviour, cri_call, die, kubeconfig_text, parse_flags, record,
+                     write)
 
 MANIFESTS = Path("/etc/kubernetes/manifests")
 STATIC_PODS = Path("/run/labctl-doubles/static-pods.json")
@@ -54,7 +56,17 @@ def check_runtime(endpoint: str, config: dict) -> None:
     if not is_socket:
         die("kubelet", f'validate service connection: validate CRI v1 runtime API for endpoint "{endpoint}": '
                        f'dial unix {path}: connect: no such file or directory')
-    if "containerd" in str(path) and CONTAINERD_CONFIG.exists():
+    if "cri-dockerd" in str(path):
+        # cri-dockerd reports Docker's cgroup driver; the kubelet's must match it.
+        try:
+            runtime = cri_call(endpoint, "RuntimeConfig")
+        except OSError as exc:
+            die("kubelet", f'validate service connection: validate CRI v1 runtime API for endpoint "{endpoint}": {exc}')
+        if runtime["cgroupDriver"] != config.get("cgroupDriver", "cgroupfs"):
+            die("kubelet", f"cgroup driver {config.get('cgroupDriver', 'cgroupfs')!r} differs from the runtime's "
+                           f"{runtime['cgroupDriver']!r} (docker {runtime['runtimeVersion']} through cri-dockerd)")
+        record("kubelet", event="runtime", endpoint=endpoint, runtime=runtime)
+    elif "containerd" in str(path) and CONTAINERD_CONFIG.exists():
         systemd_cgroups = "SystemdCgroup = true" in CONTAINERD_CONFIG.read_text()
         if systemd_cgroups != (config.get("cgroupDriver") == "systemd"):
             die("kubelet", f"cgroup driver {config.get('cgroupDriver', 'cgroupfs')!r} differs from containerd's "
@@ -69,31 +81,54 @@ def container_args(manifest: Path) -> dict[str, str]:
 
 
 class StaticPods:
-    """The API server double runs while kube-apiserver.yaml and etcd.yaml are in the manifests dir."""
+    """etcd.yaml runs the etcd double, kube-apiserver.yaml the API server double on that etcd."""
 
     def __init__(self) -> None:
+        self.etcd: etcd.Member | None = None
         self.server: apiserver.Server | None = None
         self.running: dict[str, str] = {}
 
     def sync(self) -> None:
-        wanted = (MANIFESTS / "kube-apiserver.yaml").exists() and (MANIFESTS / "etcd.yaml").exists()
-        if wanted and self.server is None:
-            api_args = container_args(MANIFESTS / "kube-apiserver.yaml")
-            etcd_args = container_args(MANIFESTS / "etcd.yaml")
+        etcd_manifest, api_manifest = MANIFESTS / "etcd.yaml", MANIFESTS / "kube-apiserver.yaml"
+        if etcd_manifest.exists() and self.etcd is None:
+            etcd_args = container_args(etcd_manifest)
             try:
+                self.etcd = etcd.Member(etcd_args)
+                self.etcd.start()
+            except (OSError, KeyError, ValueError, etcd.NotAMember) as exc:
+                print(f"static pod etcd failed to start: {exc}", file=sys.stderr, flush=True)
+                self.etcd = None
+            else:
+                self.running.update(etcd=_container_id("etcd"), **{"data-dir": etcd_args["data-dir"]})
+        elif not etcd_manifest.exists() and self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
+            for key in ("etcd", "data-dir"):
+                self.running.pop(key, None)
+        if api_manifest.exists() and self.server is None:
+            api_args = container_args(api_manifest)
+            try:
+                etcd_server = api_args["etcd-servers"].split(",")[0]
+                # kube-apiserver serves only once its storage answers (until then a load balancer's
+                # TCP check must not find it).
+                if etcd.forward(etcd_server, "GET", "/health")[0] != 200:
+                    raise OSError(f"etcd at {etcd_server} is not healthy")
                 self.server = apiserver.Server(api_args["advertise-address"], int(api_args["secure-port"]),
-                                               etcd_args["data-dir"])
+                                               etcd=etcd_server)
             except (OSError, KeyError, ValueError) as exc:
                 print(f"static pod kube-apiserver failed to start: {exc}", file=sys.stderr, flush=True)
-                return
-            self.server.start()
-            self.running = {name: hashlib.sha256(f"{name}{time.time()}".encode()).hexdigest()[:13]
-                            for name in ("etcd", "kube-apiserver")}
-            self.running["data-dir"] = etcd_args["data-dir"]
-        elif not wanted and self.server is not None:
+            else:
+                self.server.start()
+                self.running["kube-apiserver"] = _container_id("kube-apiserver")
+        elif not api_manifest.exists() and self.server is not None:
             self.server.stop()
-            self.server, self.running = None, {}
+            self.server = None
+            self.running.pop("kube-apiserver", None)
         write(STATIC_PODS, json.dumps({"kubelet_pid": os.getpid(), "pods": self.running}))
+
+
+def _container_id(name: str) -> str:
+    return hashlib.sha256(f"{name}{time.time()}".encode()).hexdigest()[:13]
 
 
 def obtain_credential(name: str, kubeconfig: str, bootstrap: str | None) -> Kubeconfig | None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import re
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import urllib.parse
 
 import pytest
@@ -11,7 +17,7 @@ import yaml
 
 from labctl.kube import compat, render, schema
 from labctl.lab import parse_lab
-from tests.doubles import apiserver, build, common, kubeadm, rke, rke2
+from tests.doubles import apiserver, build, common, etcd, kubeadm, rke, rke2
 from tests.doubles.common import APIError, api, ca_hash, new_ca, new_token
 
 LAB = {
@@ -377,8 +383,7 @@ def test_cluster_agent_reaches_rancher_through_its_host_alias_only(rancher_serve
     assert shown["version"]["gitVersion"] == compat.DEFAULT_RANCHER_CLUSTER
 
 
-def _free_port() -> int:
-    import socket
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -414,7 +419,7 @@ def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
         tar.extractall(rootfs)
     entrypoint = config["config"]["Entrypoint"]
-    https_port, http_port = _free_port(), _free_port()
+    https_port, http_port = free_port(), free_port()
     argv = [shutil.which("chroot") or "chroot", str(rootfs), entrypoint[0], f"--http-listen-port={http_port}", f"--https-listen-port={https_port}"]
     env = {"PATH": "/usr/bin:/bin", "LABCTL_DOUBLES_LOG": "/var/lib/rancher/log"}
 
@@ -440,7 +445,7 @@ def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps
     try:
         client = RancherAPI(lab, node)
         client.login("first-password")
-        client.manifest_url("imported", timeout=20)
+        client.register("imported", timeout=20)
         with pytest.raises(CommandFailed):
             RancherAPI(lab, node).login("other-password")
     finally:
@@ -456,3 +461,154 @@ def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps
         server.terminate()
         server.wait(timeout=30)
     assert (rootfs / "var/lib/rancher" / "labctl-double-rancher.json").exists()
+
+
+def etcd_flags(name: str, data_dir, client: int, peer: int, cluster: dict[str, int], state: str) -> dict[str, str]:
+    """The flags kubeadm's etcd manifest gives a member, on loopback ports."""
+    return {"name": name, "data-dir": str(data_dir), "advertise-client-urls": f"https://127.0.0.1:{client}",
+            "listen-client-urls": f"https://127.0.0.1:{client}", "initial-advertise-peer-urls": f"https://127.0.0.1:{peer}",
+            "listen-peer-urls": f"https://127.0.0.1:{peer}", "initial-cluster-state": state,
+            "initial-cluster": ",".join(f"{member}=https://127.0.0.1:{port}" for member, port in cluster.items())}
+
+
+@pytest.fixture
+def stacked_etcd(tmp_path):
+    """Two etcd members as two kubeadm masters run them, and an API server on each."""
+    state = apiserver.initial_state(cluster={"name": "c", "pod_subnet": "10.244.0.0/21", "service_subnet": "10.96.0.0/12",
+                                             "dns_domain": "cluster.local", "kubernetes_version": "v1.35.3",
+                                             "endpoint": "127.0.0.1:0"},
+                                    ca_pem=new_ca(), admin_credential="admin-secret")
+    apiserver.write_state(tmp_path / "first", state)
+    client1, peer1, client2, peer2 = (free_port() for _ in range(4))
+    first = etcd.Member(etcd_flags("m1", tmp_path / "first", client1, peer1, {"m1": peer1}, "new"))
+    first.start()
+    joining = etcd_flags("m2", tmp_path / "second", client2, peer2, {"m1": peer1, "m2": peer2}, "existing")
+    with pytest.raises(etcd.NotAMember, match="m2"):
+        etcd.Member(joining)
+    status, _ = etcd.forward(f"https://127.0.0.1:{client1}", "POST", "/members", {
+        "name": "m2", "peerURLs": [f"https://127.0.0.1:{peer2}"], "clientURLs": [f"https://127.0.0.1:{client2}"]})
+    assert status == 201
+    second = etcd.Member(joining)
+    second.start()
+    servers = [apiserver.Server("127.0.0.1", 0, etcd=f"https://127.0.0.1:{port}") for port in (client1, client2)]
+    for server in servers:
+        server.start()
+    yield [f"https://127.0.0.1:{s.httpd.server_address[1]}" for s in servers], tmp_path / "first"
+    for part in (*servers, second, first):
+        part.stop()
+
+
+def test_api_servers_of_two_masters_serve_the_first_members_data(stacked_etcd):
+    (first, second), data_dir = stacked_etcd
+    api(second, "POST", "/tokens", {"token": "abcdef.0123456789abcdef"}, credential="admin-secret")
+    api(first, "POST", "/node-credentials", {"credential": "node-2", "node": "m2"}, credential="admin-secret")
+    api(second, "PUT", "/nodes/m2", {"address": "127.0.0.1"}, credential="node-2")
+    assert [n["metadata"]["name"] for n in api(first, "GET", "/nodes", credential="admin-secret")["items"]] == ["m2"]
+    # The first member's data dir is the only copy: etcdctl snapshots on the first master see the write.
+    assert "abcdef.0123456789abcdef" in apiserver.read_state(data_dir)["tokens"]
+    members = api(second, "GET", "/etcd-members", credential="admin-secret")["members"]
+    assert [m["name"] for m in members] == ["m1", "m2"]
+
+
+def test_stale_etcd_write_is_refused(stacked_etcd):
+    (first, _), _ = stacked_etcd
+    members = api(first, "GET", "/etcd-members", credential="admin-secret")["members"]
+    store = apiserver.EtcdStore(members[1]["clientURLs"][0])
+    state, revision = store.load()
+    store.save({**state, "objects": []}, revision)
+    with pytest.raises(apiserver.Conflict):
+        store.save(state, revision)  # another API server wrote since this one read
+
+
+@pytest.fixture
+def control_plane_pki(tmp_path, monkeypatch):
+    monkeypatch.setattr(kubeadm, "PKI", tmp_path / "pki")
+    for name in kubeadm.SHARED_CERTS:
+        common.write(tmp_path / "pki" / name, f"contents of {name}\n")
+    return tmp_path / "pki"
+
+
+def test_certificate_key_opens_only_the_last_upload(server, control_plane_pki, capsys):
+    with pytest.raises(SystemExit):
+        kubeadm.download_certs(server, "abcdef.0123456789abcdef", "ab" * 32)
+    assert 'Secret "kubeadm-certs" was not found in the "kube-system" Namespace' in capsys.readouterr().err
+    old_key = kubeadm.upload_certs(server, "admin-secret")
+    new_key = kubeadm.upload_certs(server, "admin-secret")
+    assert old_key != new_key and re.fullmatch("[0-9a-f]{64}", new_key)
+    bundle = kubeadm.download_certs(server, "abcdef.0123456789abcdef", new_key)
+    assert bundle["etcd/ca.key"] == "contents of etcd/ca.key\n" and bundle["admin-credential"] == "admin-secret"
+    with pytest.raises(SystemExit):
+        kubeadm.download_certs(server, "abcdef.0123456789abcdef", old_key)
+    assert ("error downloading certs: error decoding secret data with provided key: cipher: message authentication failed"
+            in capsys.readouterr().err)
+    # The API holds only ciphertext.
+    assert "contents of" not in json.dumps(api(server, "GET", "/secrets/kubeadm-certs", credential="admin-secret"))
+    with pytest.raises(APIError) as refused:
+        api(server, "GET", "/secrets/kubeadm-certs", credential="ghijkl.0123456789abcdef")
+    assert refused.value.status == 401
+
+
+class FakeDocker(socketserver.ThreadingUnixStreamServer):
+    """Docker's /info on a unix socket."""
+
+    def __init__(self, path):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = json.dumps({"ServerVersion": "26.1.5+dfsg1", "CgroupDriver": "systemd"}).encode()
+                self.send_response(200 if self.path == "/info" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+            def address_string(self):
+                return "docker.sock"
+
+        super().__init__(str(path), Handler)
+
+
+def activated_cri_dockerd(tmp_path, docker_endpoint):
+    """The built double as systemd starts it for cri-docker.socket: the listening socket as fd 3, LISTEN_PID/FDS."""
+    binary = build.build("cri_dockerd", tmp_path / "cri-dockerd", {"version": "0.3.20"})
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "cri-dockerd.sock"))
+    listening.listen()
+    # exec keeps the pid, so LISTEN_PID names the double as systemd's would.
+    activate = (f"import os, sys; os.dup2({listening.fileno()}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+                "os.execv(sys.executable, [sys.executable, '-I', *sys.argv[1:]])")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", activate, str(binary), "--container-runtime-endpoint", "fd://",
+         "--docker-endpoint", docker_endpoint],
+        pass_fds=(listening.fileno(),),
+        env={"LABCTL_DOUBLES_LOG": str(tmp_path / "log"), "LISTEN_FDS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listening.close()
+    return proc, f"unix://{tmp_path / 'cri-dockerd.sock'}"
+
+
+def test_cri_dockerd_double_serves_the_activated_socket_while_docker_answers(tmp_path):
+    docker = FakeDocker(tmp_path / "docker.sock")
+    threading.Thread(target=docker.serve_forever, daemon=True).start()
+    proc, endpoint = activated_cri_dockerd(tmp_path, f"unix://{tmp_path / 'docker.sock'}")
+    try:
+        reply = common.cri_call(endpoint, "RuntimeConfig", timeout=30)
+        assert (reply["runtimeName"], reply["runtimeVersion"], reply["cgroupDriver"]) == ("docker", "26.1.5+dfsg1", "systemd")
+        docker.shutdown()
+        docker.server_close()
+        with pytest.raises(OSError, match="Cannot connect to the Docker daemon"):
+            common.cri_call(endpoint, "Version", timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cri_dockerd_double_exits_without_docker_or_a_passed_socket(tmp_path):
+    proc, _ = activated_cri_dockerd(tmp_path, f"unix://{tmp_path / 'no-docker.sock'}")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "Unable to connect to docker: Cannot connect to the Docker daemon at unix://" in err
+    binary = tmp_path / "cri-dockerd"
+    plain = subprocess.run([sys.executable, "-I", str(binary), "--container-runtime-endpoint", "fd://"],
+                           capture_output=True, text=True, env={"LABCTL_DOUBLES_LOG": str(tmp_path / "log")})
+    assert plain.returncode == 1 and "no sockets passed by systemd" in plain.stderr

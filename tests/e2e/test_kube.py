@@ -2,9 +2,10 @@
 air-gapped artifacts path, with test doubles (tests/doubles) in place of the Kubernetes binaries.
 
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
-kubeadm built to fail its init; the same VMs switched to RKE (rke up from the rancher node over
-the SSH mesh) with Rancher in Docker (a real container of the Rancher double's image) importing
-it, its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
+kubeadm built to fail its init; reset and kubeadm with two masters (kube-worker joins the control
+plane through haproxy on rancher-host) on Docker through cri-dockerd; the same VMs switched to RKE (rke up
+from the rancher node over the SSH mesh) with Rancher in Docker (a real container of the Rancher double's
+image) importing it, its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
 token), its snapshot and a restore; Rancher added in helm mode (a helm built to fail first, then
 the real install and the import of the RKE2 cluster); down. Packages come from the local repository labctl serves
 (guests have no route out); `labctl repo-build` makes it on the host beforehand.
@@ -47,7 +48,7 @@ RKE = {"distro": "rke", "version": compat.DEFAULT_VERSIONS["rke"], "rke_version"
 RKE2 = {"distro": "rke2", "version": compat.DEFAULT_VERSIONS["rke2"], "pod_subnet": "10.52.0.0/16", "ready_timeout": 600}
 
 
-def write_lab(path: Path, kubernetes: dict) -> Path:
+def write_lab(path: Path, kubernetes: dict, worker_roles: tuple[str, ...] = ("worker",)) -> Path:
     path.write_text(yaml.safe_dump({
         "name": LAB_NAME,
         "ssh_user": "labctl",
@@ -57,7 +58,9 @@ def write_lab(path: Path, kubernetes: dict) -> Path:
         "nodes": [{"name": "rancher-host", "roles": ["rancher"], "memory": "3584MiB"},
                   # RKE2's floor for a server (labctl.kube.checks); TCG guests touch only what they use.
                   {"name": "kube-master", "roles": ["master", "etcd"], "memory": "3584MiB"},
-                  {"name": "kube-worker", "roles": ["worker"]}],
+                  # kubeadm's floor for a master (it is one in the multi-master phase); the same size
+                  # in every phase, so the VM is never redefined.
+                  {"name": "kube-worker", "roles": list(worker_roles), "memory": "1792MiB"}],
         "packages": {"source": "local"},
         "kubernetes": kubernetes,
     }))
@@ -224,6 +227,98 @@ def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_f
     assert labctl("kubeconfig", str(lab_file)).returncode != 0
 
 
+RANCHER_IP = f"{SUBNET}.11"
+CRI_DOCKERD_SOCKET = "unix:///var/run/cri-dockerd.sock"
+
+
+@pytest.fixture(scope="module")
+def kubeadm_ha_lab(labctl, labctl_home, lab_file, host_labctl, kubeadm_lab):
+    """After the failed init: kube-worker a second master behind haproxy on rancher-host, runtime docker."""
+    ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    artifacts = build.kubeadm_artifacts(labctl_home / "artifacts-ha", KUBEADM_VERSION, runtime="docker")
+    write_lab(lab_file, {**KUBEADM, "runtime": "docker", "artifacts": str(artifacts)}, worker_roles=("master", "etcd"))
+    host_labctl("repo-build", str(lab_file))  # haproxy comes into the local repository
+    start = time.monotonic()
+    up = ok(labctl("up", str(lab_file), timeout=3600))
+    print(f"\nkubeadm HA lab (2 masters, docker): labctl up took {time.monotonic() - start:.0f} s")
+    return up
+
+
+def last_reset_time(labctl, lab_file: Path, node: str) -> float:
+    return [e for e in double_log(labctl, lab_file, node, "kubeadm") if e.get("command") == "reset"][-1]["time"]
+
+
+def test_second_master_joins_the_control_plane_with_the_last_uploaded_key(labctl, lab_file, kubeadm_ha_lab):
+    master = double_log(labctl, lab_file, "kube-master", "kubeadm")
+    init = [e for e in master if e.get("command") == "init"][-1]
+    assert init["documents"]["ClusterConfiguration"]["controlPlaneEndpoint"] == f"{RANCHER_IP}:6443"
+    # `init --upload-certs`, then labctl's `init phase upload-certs`, whose key replaced the first.
+    uploads = [e for e in master if e.get("command") == "upload-certs" and e["time"] > init["time"]]
+    assert len(uploads) == 2, uploads
+    joined = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("control_plane")]
+    assert len(joined) == 1, joined
+    join = joined[0]
+    assert join["certificate_key"] == uploads[-1]["certificate_key"] != uploads[0]["certificate_key"]
+    assert join["time"] > uploads[-1]["time"]
+    assert join["endpoint"] == f"{RANCHER_IP}:6443"
+    assert join["documents"]["JoinConfiguration"]["controlPlane"]["localAPIEndpoint"] == {
+        "advertiseAddress": WORKER_IP, "bindPort": 6443}
+    added = [e for e in double_log(labctl, lab_file, "kube-master", "etcd") if e.get("event") == "member add"]
+    assert added[-1]["name"] == "kube-worker" and added[-1]["time"] > init["time"]
+
+
+def test_both_masters_ready_with_one_cluster_state(labctl, lab_file, kubeadm_ha_lab):
+    admin = "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf"
+    # admin.conf on both masters names the balancer; kubectl through it works from either.
+    for node in ("kube-master", "kube-worker"):
+        config = yaml.safe_load(on(labctl, lab_file, node, "sudo cat /etc/kubernetes/admin.conf"))
+        assert config["clusters"][0]["cluster"]["server"] == f"https://{RANCHER_IP}:6443"
+    nodes = json.loads(on(labctl, lab_file, "kube-worker", f"{admin} get nodes -o json"))["items"]
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    assert set(by_name) == {"kube-master", "kube-worker"}
+    for name, ip in (("kube-master", MASTER_IP), ("kube-worker", WORKER_IP)):
+        assert by_name[name]["status"]["conditions"][0]["status"] == "True", by_name[name]
+        assert "node-role.kubernetes.io/control-plane" in by_name[name]["metadata"]["labels"]
+        # Each kubelet heartbeats its own master's API server.
+        assert by_name[name]["labctlDouble"]["peer"] == ip
+    assert by_name["kube-worker"]["spec"]["taints"] == [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    # Each master's own API server answers with the same nodes: one etcd behind both.
+    for node, ip in (("kube-master", MASTER_IP), ("kube-worker", WORKER_IP)):
+        direct = json.loads(on(labctl, lab_file, node, f"{admin} --server https://{ip}:6443 get nodes -o json"))["items"]
+        assert sorted(n["metadata"]["name"] for n in direct) == ["kube-master", "kube-worker"]
+    assert re.search(r"^kube-worker\s+Ready\s", kubeadm_ha_lab.stdout, re.MULTILINE), kubeadm_ha_lab.stdout
+
+
+def test_ha_kubeconfig_and_haproxy_point_at_both_masters(labctl, lab_file, kubeadm_ha_lab):
+    config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{RANCHER_IP}:6443"
+    haproxy = on(labctl, lab_file, "rancher-host", "cat /etc/haproxy/haproxy.cfg; systemctl is-active haproxy")
+    assert f"server kube-master {MASTER_IP}:6443 check" in haproxy
+    assert f"server kube-worker {WORKER_IP}:6443 check" in haproxy
+    assert haproxy.rstrip().endswith("active")
+
+
+def test_masters_run_docker_through_cri_dockerd(labctl, lab_file, kubeadm_ha_lab):
+    for node in ("kube-master", "kube-worker"):
+        since = last_reset_time(labctl, lab_file, node)
+        units = on(labctl, lab_file, node, "systemctl is-active docker cri-docker.socket cri-docker.service").split()
+        assert units == ["active", "active", "active"], (node, units)
+        kubelets = [e for e in double_log(labctl, lab_file, node, "kubelet") if "flags" in e and e["time"] > since]
+        assert kubelets and {e["flags"]["container-runtime-endpoint"] for e in kubelets} == {CRI_DOCKERD_SOCKET}, kubelets
+        runtime = [e for e in double_log(labctl, lab_file, node, "kubelet") if e.get("event") == "runtime"][-1]
+        assert runtime["runtime"]["runtimeName"] == "docker" and runtime["runtime"]["cgroupDriver"] == "systemd"
+        # The runtime version came from the guest's Docker, through cri-dockerd's activated socket.
+        docker_version = on(labctl, lab_file, node, "sudo docker version --format '{{.Server.Version}}'").strip()
+        assert runtime["runtime"]["runtimeVersion"] == docker_version
+        serving = [e for e in double_log(labctl, lab_file, node, "cri-dockerd") if e.get("event") == "serving"]
+        assert serving and serving[-1]["socket"] == "/run/cri-dockerd.sock"
+    init = [e for e in double_log(labctl, lab_file, "kube-master", "kubeadm") if e.get("command") == "init"][-1]
+    join = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("control_plane")][-1]
+    # containerd is not kubeadm's CRI here.
+    assert init["documents"]["InitConfiguration"]["nodeRegistration"]["criSocket"] == CRI_DOCKERD_SOCKET
+    assert join["documents"]["JoinConfiguration"]["nodeRegistration"]["criSocket"] == CRI_DOCKERD_SOCKET
+
+
 # Seed 000: Rancher in Docker on rancher-host importing the RKE cluster; 2.11 is the last Rancher that manages RKE1.
 RKE_RANCHER = {"enabled": True, "mode": "docker", "version": "v2.11.3"}
 RANCHER_URL = f"https://rancher.{LAB_NAME}.lab.test"
@@ -234,6 +329,11 @@ def rke_lab(labctl, labctl_home, lab_file, kubeadm_lab):
     """The same VMs, Kubernetes reset, the lab file switched to RKE with Rancher in Docker on rancher-host
     (the Rancher double's image, built here from Debian packages) importing the RKE cluster."""
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    # The reset took labctl's haproxy off rancher-host (the multi-master phase put it there).
+    # SO_REUSEADDR as servers set it: connections haproxy closed may linger in TIME_WAIT; only a listener counts.
+    gone = ("command -v haproxy || echo none; python3 -c \"import socket; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 6443)); s.listen()\" && echo free")
+    assert on(labctl, lab_file, "rancher-host", gone).split() == ["none", "free"]
     artifacts = build.rke_artifacts(labctl_home / "artifacts-rke", RKE["rke_version"])
     rancher_artifacts = build.rancher_docker_artifacts(labctl_home / "artifacts-rancher-docker", cache=persistent_cache(),
                                                        version=RKE_RANCHER["version"])

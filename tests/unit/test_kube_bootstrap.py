@@ -71,6 +71,9 @@ def fail(stderr="boom"):
 NODES_READY = json.dumps({"items": [
     {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     for name in ("kube-master", "kube-worker")]})
+NODES_READY_WITH_MASTER2 = json.dumps({"items": [
+    {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    for name in ("kube-master", "kube-worker", "kube-master2")]})
 DNS_RUNNING = json.dumps({"items": [{"status": {"phase": "Running", "containerStatuses": [{"ready": True}]}}]})
 KUBECONFIG = yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
                              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}]})
@@ -169,11 +172,46 @@ def test_extra_masters_get_certificate_key_and_balancer(tmp_path):
     master_ready["items"].append({"metadata": {"name": "kube-master2"},
                                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
     fleet["kube-master"].rules.insert(0, (r"get nodes -o json", ok(json.dumps(master_ready))))
-    kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    outcome = kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
     assert fleet["kube-master"].ran(r"kubeadm init --config .* --upload-certs")
+    # The saved kubeconfig goes through the balancer, the cluster's controlPlaneEndpoint.
+    server = yaml.safe_load(outcome.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    assert server == f"https://{lab.node('rancher-host').ip}:6443"
     (doc,) = schema.check_kubeadm_yaml(fleet["kube-master2"].files[render.KUBEADM_JOIN_CONFIG_PATH].decode())
     assert doc["controlPlane"]["certificateKey"] == key
     assert "server kube-master2" in fleet["rancher-host"].files["/etc/haproxy/haproxy.cfg"].decode()
+
+
+def two_master_lab():
+    return lab_with({"distro": "kubeadm", "ready_timeout": 60}, NODES + [{"name": "kube-master2", "roles": ["master"]}])
+
+
+def test_cni_waits_until_the_balancer_passes_the_api(tmp_path):
+    """Behind haproxy the endpoint refuses until its health check passed, after kubeadm init returned."""
+    lab = two_master_lab()
+    answers = iter([Result(1, "", "Unable to connect to the server: EOF")] * 2)
+    fleet = kubeadm_fleet(init_rules=[
+        (r"upload-certs --upload-certs$", ok(f"[upload-certs] Using certificate key:\n{'a' * 64}\n")),
+        (r"get nodes -o json", lambda command: next(answers, ok(NODES_READY_WITH_MASTER2))),
+    ])
+    fleet["kube-master2"] = FakeExecutor("kube-master2", [(r"^test -f", fail())])
+    kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    commands = [c for c, _, _ in fleet["kube-master"].commands]
+    apply_at = next(i for i, c in enumerate(commands) if "apply -f /etc/labctl/cni.yaml" in c)
+    init_at = next(i for i, c in enumerate(commands) if c.startswith("kubeadm init --config"))
+    polls = [i for i, c in enumerate(commands[:apply_at]) if "get nodes -o json" in c]
+    assert len(polls) == 3 and polls[0] > init_at  # two refused, the third answered, then the CNI
+
+
+def test_api_endpoint_never_answering_names_the_balancer(tmp_path, monkeypatch):
+    fleet = kubeadm_fleet(init_rules=[(r"get nodes -o json", fail())])
+    fleet["kube-master2"] = FakeExecutor("kube-master2", [(r"^test -f", fail())])
+    times = iter(range(0, 10_000, 50))
+    monkeypatch.setattr(remote.time, "monotonic", lambda: next(times))
+    with pytest.raises(WaitTimeout) as caught:
+        kube_bootstrap.bootstrap(two_master_lab(), fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    assert "did not answer at" in caught.value.brief and "haproxy on rancher-host" in caught.value.resolution
+    assert not fleet["kube-master"].ran("apply -f")
 
 
 def test_wait_ready_times_out_with_cluster_state(monkeypatch):

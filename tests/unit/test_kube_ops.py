@@ -110,6 +110,20 @@ def test_reset_rancher_in_docker_removes_the_container_its_data_and_password(tmp
     assert not (tmp_path / "rancher-bootstrap-password").exists()
 
 
+def test_reset_multi_master_kubeadm_removes_the_api_balancer(tmp_path):
+    nodes = fleet()
+    two_masters = [{"name": "rancher-host", "roles": ["rancher"]}, {"name": "kube-master", "roles": ["master"]},
+                   {"name": "kube-worker", "roles": ["master"]}]
+    lab = parse_lab({"name": "ref", "nodes": two_masters, "kubernetes": {"distro": "kubeadm", "version": "v1.34.2"}})
+    ops.reset_kubernetes(lab, nodes, tmp_path, QuietReporter())
+    assert nodes["rancher-host"].ran("systemctl disable --now haproxy") and nodes["rancher-host"].ran("apt-get purge -y haproxy")
+    assert not nodes["rancher-host"].ran("kubeadm reset")
+    # One master: no balancer to remove.
+    single = fleet()
+    ops.reset_kubernetes(lab_with({"distro": "kubeadm", "version": "v1.34.2"}), single, tmp_path, QuietReporter())
+    assert not single["rancher-host"].ran("haproxy")
+
+
 def test_reset_rke_runs_rke_remove(tmp_path):
     nodes = fleet()
     ops.reset_kubernetes(lab_with({"distro": "rke"}), nodes, tmp_path, QuietReporter())

@@ -92,3 +92,14 @@ def test_every_upstream_rule_cites_a_page_and_the_docs_show_it():
     for cni, rules in ports.CNI_TABLES.items():
         line = f"| {cni} | {', '.join(r.port for r in rules)} |"
         assert line in docs, f"docs/provisioning.md lacks the row {line}"
+
+
+def test_rancher_node_opens_the_api_port_when_it_balances_several_kubeadm_masters():
+    two_masters = [{"name": "rancher-host", "roles": ["rancher"]},
+                   {"name": "kube-master", "roles": ["master", "etcd"]},
+                   {"name": "kube-worker", "roles": ["master", "etcd"]}]
+    balanced = make_lab(nodes=two_masters, kubernetes={"distro": "kubeadm"})
+    assert node_ports(balanced, "rancher-host") == ["80/tcp", "443/tcp", "6443/tcp"]
+    # One master needs no balancer; RKE2 servers balance themselves.
+    assert "6443/tcp" not in node_ports(make_lab(kubernetes={"distro": "kubeadm"}), "rancher-host")
+    assert "6443/tcp" not in node_ports(make_lab(nodes=two_masters, kubernetes={"distro": "rke2"}), "rancher-host")
