@@ -448,8 +448,6 @@ def test_rancher_docker_mode_starts_an_existing_container_instead_of_a_second_on
 def test_rancher_docker_mode_needs_the_image_in_its_artifacts(tmp_path):
     lab = lab_with({"distro": "none", "rancher": {"enabled": True, "mode": "docker", "import_cluster": False,
                                                   "artifacts": str(tmp_path / "rancher-art")}})
-    fleet = {name: FakeExecutor(name) for name in ("rancher-host", "kube-master", "kube-worker")}
-    with pytest.raises(Exception) as caught:
-        kube_bootstrap.bootstrap(lab, fleet, reporter=QuietReporter(), state_dir=tmp_path)
+    with pytest.raises(InvalidInput) as caught:
+        artifacts.check(lab)  # `up` runs it before any VM exists
     assert "rancher-art/images/rancher_rancher_v2.14.1.tar" in caught.value.details
-    assert not fleet["rancher-host"].commands
