@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import etcd
-from .common import parse_flags
+from .common import close, parse_flags, serve_in_background
 
 STATE_FILE = "labctl-double-apiserver.json"
 HEARTBEAT_GRACE = 40.0
@@ -201,13 +201,10 @@ class Server:
         threading.Event().wait()
 
     def start(self) -> None:
-        for listener in self.listeners:
-            threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+        serve_in_background(self.listeners)
 
     def stop(self) -> None:
-        for listener in self.listeners:
-            listener.shutdown()
-            listener.server_close()
+        close(self.listeners)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -11,6 +11,7 @@ import secrets
 import socket
 import string
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -196,3 +197,27 @@ def write(path: Path | str, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(mode)
+
+
+def notify_ready() -> None:
+    """sd_notify(READY=1): systemd's start of a Type=notify unit returns now."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(b"READY=1")
+
+
+def serve_in_background(listeners: list) -> None:
+    """Each HTTP server on a daemon thread: the double's process lives as long as its caller wants."""
+    for listener in listeners:
+        threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+
+
+def close(listeners: list) -> None:
+    for listener in listeners:
+        listener.shutdown()
+        listener.server_close()

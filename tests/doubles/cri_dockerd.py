@@ -17,7 +17,7 @@ import socket
 import threading
 from typing import Any
 
-from .common import die, parse_flags, record
+from .common import die, notify_ready, parse_flags, record
 
 TOOL = "cri-dockerd"
 DEFAULT_DOCKER_ENDPOINT = "unix:///var/run/docker.sock"
@@ -61,17 +61,6 @@ def activated_socket(endpoint: str | None) -> socket.socket:
     if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS") or 0) < 1:
         die(TOOL, 'level=fatal msg="failed to listen on fd://: no sockets passed by systemd (LISTEN_PID/LISTEN_FDS)"')
     return socket.socket(fileno=SD_LISTEN_FDS_START)
-
-
-def notify_ready() -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.connect(address)
-        notify.sendall(b"READY=1")
 
 
 def answer(request: dict[str, Any], docker: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import apiserver
-from .common import record
+from .common import close, record, serve_in_background
 
 MEMBERS_FILE = "labctl-double-etcd-members.json"
 
@@ -82,13 +82,10 @@ class Member:
         (self.data_dir / MEMBERS_FILE).write_text(json.dumps(members))
 
     def start(self) -> None:
-        for listener in self.listeners:
-            threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+        serve_in_background(self.listeners)
 
     def stop(self) -> None:
-        for listener in self.listeners:
-            listener.shutdown()
-            listener.server_close()
+        close(self.listeners)
 
     def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if self.leader is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -40,6 +39,7 @@ from .common import (
     die,
     kubeconfig_text,
     new_ca,
+    notify_ready,
     parse_flags,
     record,
     wait_for,
@@ -57,18 +57,6 @@ IMAGES = DATA / "agent" / "images"
 KUBECONFIG = Path("/etc/rancher/rke2/rke2.yaml")
 BUNDLED_KUBECTL = Path("/usr/local/share/rke2/kubectl")
 SUPERVISOR_PORT = 9345
-
-
-def notify_ready() -> None:
-    """sd_notify(READY=1): systemd's start of a Type=notify unit returns now."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(b"READY=1")
 
 
 def load_config(allowed: frozenset[str]) -> dict[str, Any]:
