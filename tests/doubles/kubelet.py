@@ -5,7 +5,8 @@ runtime socket that exists, the cgroup driver of containerd's config or of Docke
 cri-dockerd double reports it), runs the control plane's static pods from /etc/kubernetes/manifests
 (the etcd double and the API server double on it), trades the bootstrap token in
 --bootstrap-kubeconfig for a node credential written to --kubeconfig (TLS bootstrap), then
-heartbeats its node.
+heartbeats its node and runs the pods placed on it whose images the doubles implement (workloads.py:
+the cattle-cluster-agent of a Rancher import).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import yaml
 
 from labctl.kube import schema
 
-from . import apiserver, etcd
+from . import apiserver, etcd, workloads
 from .common import (APIError, Kubeconfig, api, behaviour, cri_call, die, kubeconfig_text, parse_flags, record,
                      write)
 
 MANIFESTS = Path("/etc/kubernetes/manifests")
 STATIC_PODS = Path("/run/labctl-doubles/static-pods.json")
 CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
+PODS_DIR = Path("/var/lib/kubelet/pods")
 
 
 def socket_path(endpoint: str) -> Path:
@@ -157,6 +159,7 @@ def main(argv: list[str]) -> None:
     address = flags.get("node-ip") or socket.gethostbyname(name)
     pods = StaticPods()
     credential: Kubeconfig | None = None
+    started: set[tuple[str, str]] = set()
     while True:
         pods.sync()
         try:
@@ -166,6 +169,7 @@ def main(argv: list[str]) -> None:
                     "address": address, "kubelet_version": behaviour().get("version", ""),
                     "max_pods": config.get("maxPods", 110), "runtime": endpoint,
                 }, credential=credential.credential)
+                workloads.start_pods(credential.server, credential.credential, name, PODS_DIR, started)
         except (OSError, APIError) as exc:
             print(f"node status update failed: {exc}", file=sys.stderr, flush=True)
             if isinstance(exc, APIError) and exc.status in (401, 403):

@@ -3,7 +3,8 @@ air-gapped artifacts path, with test doubles (tests/doubles) in place of the Kub
 
 One lab serves the whole module, in order: kubeadm up, kubeconfig, etcd snapshot; reset and a
 kubeadm built to fail its init; reset and kubeadm with two masters (kube-worker joins the control
-plane through haproxy on rancher-host) on Docker through cri-dockerd; the same VMs switched to RKE (rke up
+plane through haproxy on rancher-host) on Docker through cri-dockerd, imported by the current Rancher
+running in Docker on rancher-host; the same VMs switched to RKE (rke up
 from the rancher node over the SSH mesh) with Rancher in Docker (a real container of the Rancher double's
 image) importing it, its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
 token), its snapshot and a restore; Rancher added in helm mode (a helm built to fail first, then
@@ -233,14 +234,18 @@ CRI_DOCKERD_SOCKET = "unix:///var/run/cri-dockerd.sock"
 
 @pytest.fixture(scope="module")
 def kubeadm_ha_lab(labctl, labctl_home, lab_file, host_labctl, kubeadm_lab):
-    """After the failed init: kube-worker a second master behind haproxy on rancher-host, runtime docker."""
+    """After the failed init: kube-worker a second master behind haproxy on rancher-host, runtime docker, and
+    Rancher (the current release, in Docker on rancher-host: the Rancher double's image) importing the cluster."""
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     artifacts = build.kubeadm_artifacts(labctl_home / "artifacts-ha", KUBEADM_VERSION, runtime="docker")
-    write_lab(lab_file, {**KUBEADM, "runtime": "docker", "artifacts": str(artifacts)}, worker_roles=("master", "etcd"))
+    rancher_artifacts = build.rancher_docker_artifacts(labctl_home / "artifacts-rancher-docker-ha", cache=persistent_cache())
+    write_lab(lab_file, {**KUBEADM, "runtime": "docker", "artifacts": str(artifacts),
+                         "rancher": {"enabled": True, "mode": "docker", "artifacts": str(rancher_artifacts)}},
+              worker_roles=("master", "etcd"))
     host_labctl("repo-build", str(lab_file))  # haproxy comes into the local repository
     start = time.monotonic()
     up = ok(labctl("up", str(lab_file), timeout=3600))
-    print(f"\nkubeadm HA lab (2 masters, docker): labctl up took {time.monotonic() - start:.0f} s")
+    print(f"\nkubeadm HA lab (2 masters, docker, Rancher importing it): labctl up took {time.monotonic() - start:.0f} s")
     return up
 
 
@@ -317,6 +322,13 @@ def test_masters_run_docker_through_cri_dockerd(labctl, lab_file, kubeadm_ha_lab
     # containerd is not kubeadm's CRI here.
     assert init["documents"]["InitConfiguration"]["nodeRegistration"]["criSocket"] == CRI_DOCKERD_SOCKET
     assert join["documents"]["JoinConfiguration"]["nodeRegistration"]["criSocket"] == CRI_DOCKERD_SOCKET
+
+
+def test_kubeadm_cluster_imported_and_active_in_rancher(labctl, labctl_home, lab_file, kubeadm_ha_lab):
+    assert_rancher_summary(kubeadm_ha_lab, labctl_home)
+    cluster = imported_cluster(labctl, lab_file, rancher_password(labctl_home), kubeadm_ha_lab, kubectl_node="kube-master",
+                               agent_node="kube-master", user=False, name=KUBEADM["cluster_name"])
+    assert (cluster["version"]["gitVersion"], cluster["nodeCount"]) == (KUBEADM_VERSION, 2)
 
 
 # Seed 000: Rancher in Docker on rancher-host importing the RKE cluster; 2.11 is the last Rancher that manages RKE1.
@@ -534,24 +546,26 @@ def assert_rancher_summary(up, labctl_home: Path) -> None:
     assert re.search(r"^kube-worker\s+Ready\s", up.stdout, re.MULTILINE), up.stdout
 
 
-def imported_cluster(labctl, lab_file: Path, password: str, up, *, kubectl_node: str, agent_node: str, user: bool) -> dict:
+def imported_cluster(labctl, lab_file: Path, password: str, up, *, kubectl_node: str, agent_node: str, user: bool,
+                     name: str = LAB_NAME) -> dict:
     """The lab's cluster in Rancher, active when `up` returned: imported through the manifest labctl applied with
     kubectl on kubectl_node, the agent patched with Rancher's host alias, connected from agent_node (user: doubles
-    run as the SSH user)."""
-    assert f"rancher-host: rancher (waiting for cluster {LAB_NAME} to turn active)" in up.stderr, up.stderr
-    status, answer = rancher_call(labctl, lab_file, password, f"/v3/clusters?name={LAB_NAME}")
+    run as the SSH user). Earlier phases' imports are in the same logs: the newest entries count."""
+    assert f"rancher-host: rancher (waiting for cluster {name} to turn active)" in up.stderr, up.stderr
+    status, answer = rancher_call(labctl, lab_file, password, f"/v3/clusters?name={name}")
     assert status == 0, answer
     cluster, = answer["data"]
     assert cluster["state"] == "active", cluster
     assert cluster["driver"] == "imported"
     kubectl = double_log(labctl, lab_file, kubectl_node, "kubectl", user=user)
     assert any(e.get("command") == "apply" and "Deployment/cattle-cluster-agent" in e["kinds"] for e in kubectl), kubectl
-    patched, = [e for e in kubectl if e.get("command") == "patch"]
+    patched = [e for e in kubectl if e.get("command") == "patch"][-1]
     aliases = patched["patch"]["spec"]["template"]["spec"]["hostAliases"]
     assert aliases == [{"ip": f"{SUBNET}.11", "hostnames": [f"rancher.{LAB_NAME}.lab.test"]}]
     connected = [e for e in double_log(labctl, lab_file, agent_node, "cattle-cluster-agent", user=user)
                  if e.get("event") == "connected"]
-    assert [e["cluster"] for e in connected] == [cluster["id"]]
+    # Cluster ids are random: the agent connected to this Rancher's cluster, once.
+    assert [e["cluster"] for e in connected].count(cluster["id"]) == 1 and connected[-1]["cluster"] == cluster["id"]
     return cluster
 
 
