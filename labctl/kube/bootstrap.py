@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.kube import cluster, kubeadm, rancher, render, rke, rke2
+from labctl.kube import checks, cluster, kubeadm, rancher, render, rke, rke2
 from labctl.lab import Lab
 from labctl.progress import Reporter
 from labctl.transport import Executor
@@ -57,7 +57,7 @@ def bootstrap(lab: Lab, executors: dict[str, Executor], *, reporter: Reporter, s
     rancher node to reach the other nodes.
     """
     kube = lab.kubernetes
-    for note in kube.warnings():
+    for note in [*kube.warnings(), *checks.warnings(lab)]:
         reporter.warn(note)
     control = None
     if kube.distro == "kubeadm":

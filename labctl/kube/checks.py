@@ -38,11 +38,6 @@ def check_lab(lab: Lab, *, source: str = "lab file") -> None:
                 f"kubernetes.distro kubeadm with {len(masters)} masters needs a load balancer for the API, "
                 "which labctl runs on the rancher-role node; fix: add a node with `roles: [rancher]`"
             )
-        if kube.distro == "rke2" and len(masters) % 2 == 0 and len(masters) > 1:
-            problems.append(
-                f"kubernetes.distro rke2 with {len(masters)} masters: embedded etcd needs an odd number "
-                "of servers to keep quorum; fix: use 1 or 3 masters"
-            )
     if kube.rancher.enabled:
         if len(ranchers) != 1:
             problems.append(
@@ -66,3 +61,13 @@ def check_lab(lab: Lab, *, source: str = "lab file") -> None:
             f"{'s' * (len(problems) > 1)})",
             details="\n".join(f"  {problem}" for problem in problems),
         )
+
+
+def warnings(lab: Lab) -> list[str]:
+    """Node layouts that work but are worth telling the user; `labctl up` prints these."""
+    masters = lab.nodes_with(Role.master)
+    if lab.kubernetes.distro in ("kubeadm", "rke2") and len(masters) > 1 and len(masters) % 2 == 0:
+        # https://docs.rke2.io/install/ha: quorum of n members is n/2+1.
+        return [f"{len(masters)} masters run {len(masters)} etcd members, whose quorum is {len(masters) // 2 + 1}: "
+                f"they survive no more failed masters than {len(masters) - 1} would; an odd number is recommended"]
+    return []

@@ -3,7 +3,7 @@
 The state lives in a data dir's file (RKE's and RKE2's doubles) or in the etcd double kubeadm's
 static pods run (tests/doubles/etcd.py), which the API servers of several masters share.
 Who may do what mirrors the real API: the admin credential (admin.conf) reads and writes
-everything; a bootstrap token (issued by `kubeadm init` / `kubeadm token create`) only fetches
+everything; RKE2's server token also fetches the bootstrap data a joining server needs; a bootstrap token (issued by `kubeadm init` / `kubeadm token create`) only fetches
 the kubelet config and kubeadm's kubeadm-config and kubeadm-certs (encrypted with the certificate
 key, which the API never sees) and trades itself for a node credential; a node credential registers
 and heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
@@ -294,6 +294,11 @@ class _Handler(BaseHTTPRequestHandler):
             if "kubeadm_certs" not in state:
                 return 404, {"message": 'secrets "kubeadm-certs" not found'}, False
             return 200, state["kubeadm_certs"], False
+        if method == "GET" and path == "/v1-rke2/server-bootstrap":
+            # RKE2's supervisor hands a joining server the cluster's CA and credentials for the server token only.
+            if not state["tokens"].get(credential, {}).get("server"):
+                return 401, {"message": "Unauthorized"}, False
+            return 200, {"ca": state["ca"], "admin": state["admin"]}, False
         if method == "POST" and path == "/bootstrap":
             token = (body or {}).get("token", "")
             if token not in state["tokens"]:

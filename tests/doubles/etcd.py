@@ -21,9 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import apiserver
-from .common import close, record, serve_in_background
+from .common import api, close, record, serve_in_background
 
 MEMBERS_FILE = "labctl-double-etcd-members.json"
+CLIENT_PORT, PEER_PORT = 2379, 2380
 
 
 def _urls(text: str) -> list[str]:
@@ -37,6 +38,24 @@ def _plain(url: str) -> str:
 def initial_cluster(text: str) -> dict[str, str]:
     """--initial-cluster `name=peerURL,...` as a map."""
     return dict(entry.split("=", 1) for entry in _urls(text))
+
+
+def member_flags(name: str, data_dir: Path | str, advertise: str, members: dict[str, str], state: str) -> dict[str, str]:
+    """The flags of a stacked member on a control-plane node, as kubeadm's etcd manifest and RKE2's embedded etcd set them."""
+    return {"name": name, "data-dir": str(data_dir),
+            "advertise-client-urls": f"https://{advertise}:{CLIENT_PORT}",
+            "listen-client-urls": f"https://127.0.0.1:{CLIENT_PORT},https://{advertise}:{CLIENT_PORT}",
+            "initial-advertise-peer-urls": f"https://{advertise}:{PEER_PORT}",
+            "listen-peer-urls": f"https://{advertise}:{PEER_PORT}",
+            "initial-cluster": ",".join(f"{member}={url}" for member, url in members.items()),
+            "initial-cluster-state": state}
+
+
+def add_member(server: str, admin_credential: str, name: str, advertise: str) -> tuple[int, Any]:
+    """MemberAdd for a joining control-plane node, at the first member's client URL the API server lists."""
+    members = api(server, "GET", "/etcd-members", credential=admin_credential)["members"]
+    return forward(members[0]["clientURLs"][0], "POST", "/members", {
+        "name": name, "peerURLs": [f"https://{advertise}:{PEER_PORT}"], "clientURLs": [f"https://{advertise}:{CLIENT_PORT}"]})
 
 
 class NotAMember(Exception):

@@ -187,13 +187,9 @@ def control_plane_manifests(cluster: dict[str, Any], advertise: str, port: int) 
 
 def etcd_manifest(registry: str, name: str, advertise: str, data_dir: str, members: dict[str, str], state: str) -> str:
     """The etcd member's static pod; a joining member names every member and cluster state `existing`."""
+    flags = etcd.member_flags(name, data_dir, advertise, members, state)
     return static_pod("etcd", f"{registry}/etcd:3.6.5-0", [
-        "etcd", f"--name={name}", f"--data-dir={data_dir}",
-        f"--advertise-client-urls=https://{advertise}:2379",
-        f"--listen-client-urls=https://127.0.0.1:2379,https://{advertise}:2379",
-        f"--initial-advertise-peer-urls=https://{advertise}:2380", f"--listen-peer-urls=https://{advertise}:2380",
-        "--initial-cluster=" + ",".join(f"{member}={url}" for member, url in members.items()),
-        f"--initial-cluster-state={state}",
+        "etcd", *(f"--{flag}={value}" for flag, value in flags.items()),
         "--cert-file=/etc/kubernetes/pki/etcd/server.crt", "--key-file=/etc/kubernetes/pki/etcd/server.key"])
 
 
@@ -497,9 +493,7 @@ def join_control_plane(server: str, token: str, ca: str, control_plane: dict[str
 
     print("[etcd] Announced new etcd member joining to the existing etcd cluster")
     try:
-        members = api(server, "GET", "/etcd-members", credential=admin_credential)["members"]
-        status, answer = etcd.forward(members[0]["clientURLs"][0], "POST", "/members", {
-            "name": name, "peerURLs": [f"https://{advertise}:2380"], "clientURLs": [f"https://{advertise}:2379"]})
+        status, answer = etcd.add_member(server, admin_credential, name, advertise)
     except (OSError, APIError) as exc:
         die(TOOL, f"error execution phase control-plane-join/etcd: error creating local etcd static pod manifest file: {exc}")
     if status != 201:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -518,6 +519,102 @@ def test_stale_etcd_write_is_refused(stacked_etcd):
     store.save({**state, "objects": []}, revision)
     with pytest.raises(apiserver.Conflict):
         store.save(state, revision)  # another API server wrote since this one read
+
+
+class RKE2Servers:
+    """Two `rke2 server` nodes in this process, on loopback: m1 on 127.0.0.1, m2 on 127.0.0.2, each with its own
+    db dir and etcd ports (rke2.ETCD_DIR and etcd's ports are switched to the node acting)."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.tmp, self.monkeypatch, self.running = tmp_path, monkeypatch, []
+        self.ports = {"m1": (free_port(), free_port()), "m2": (free_port(), free_port())}
+        monkeypatch.setattr(rke2, "behaviour", lambda: {"version": compat.DEFAULT_VERSIONS["rke2"]})
+        monkeypatch.setattr(rke2, "NODE_TOKEN", tmp_path / "m1" / "node-token")
+        monkeypatch.setattr(rke2, "API_PORT", free_port())  # nothing listens: cluster-reset's probe finds it stopped
+        self.on("m1")
+        rke2.new_cluster({"cluster-cidr": "10.52.0.0/16"}, "m1", "127.0.0.1")
+        self.token = rke2.NODE_TOKEN.read_text().strip()
+
+    def on(self, node):
+        self.monkeypatch.setattr(rke2, "ETCD_DIR", self.tmp / node / "etcd")
+        client, peer = self.ports[node]
+        self.monkeypatch.setattr(etcd, "CLIENT_PORT", client)
+        self.monkeypatch.setattr(etcd, "PEER_PORT", peer)
+
+    def start(self, node, members, state):
+        """The node's etcd member and an API server on it, as rke2 server runs them; the API's URL."""
+        self.on(node)
+        address = "127.0.0.1" if node == "m1" else "127.0.0.2"
+        member = etcd.Member(etcd.member_flags(node, rke2.ETCD_DIR, address, members, state))
+        member.start()
+        server = apiserver.Server(address, 0, etcd=f"https://127.0.0.1:{etcd.CLIENT_PORT}")
+        server.start()
+        self.running += [server, member]
+        return f"https://{address}:{server.httpd.server_address[1]}"
+
+    def start_first(self):
+        return self.start("m1", {"m1": f"https://127.0.0.1:{self.ports['m1'][1]}"}, "new")
+
+    def join_second(self, first, token=None):
+        self.on("m2")
+        _, members = rke2.join_cluster(first, token or self.token, "m2", "127.0.0.2")
+        return self.start("m2", members, "existing")
+
+    def stop(self):
+        for part in reversed(self.running):
+            part.stop()
+        self.running = []
+
+
+@pytest.fixture
+def rke2_servers(tmp_path, monkeypatch):
+    servers = RKE2Servers(tmp_path, monkeypatch)
+    yield servers
+    servers.stop()
+
+
+def test_rke2_server_joins_with_the_token_and_serves_the_first_servers_state(rke2_servers, capsys):
+    first = rke2_servers.start_first()
+    pin, _, password = rke2_servers.token.partition("::server:")
+    with pytest.raises(SystemExit):
+        rke2_servers.join_second(first, token=f"{pin}::server:{'0' * 32}")
+    assert f"failed to get bootstrap data from {first}: 401 Unauthorized" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rke2_servers.join_second(first, token=f"K10{'0' * 64}::server:{password}")
+    assert "token CA hash does not match the Cluster CA certificate hash" in capsys.readouterr().err
+    second = rke2_servers.join_second(first)
+    admin = apiserver.read_state(rke2_servers.tmp / "m1" / "etcd")["admin"]
+    assert [m["name"] for m in api(second, "GET", "/etcd-members", credential=admin)["members"]] == ["m1", "m2"]
+    # One state behind both API servers: a write through the second is what the first serves.
+    api(second, "POST", "/objects", {"items": [{"kind": "ConfigMap", "metadata": {"name": "via-m2"}}]}, credential=admin)
+    assert "via-m2" in [o["metadata"]["name"] for o in api(first, "GET", "/objects", credential=admin)["items"]]
+    # A restart of the joined server keeps its membership: no second MemberAdd (etcd would refuse the peer URL).
+    rke2_servers.on("m2")
+    assert rke2.join_cluster(first, rke2_servers.token, "m2", "127.0.0.2")[1] == {
+        "m1": f"https://127.0.0.1:{rke2_servers.ports['m1'][1]}", "m2": f"https://127.0.0.2:{rke2_servers.ports['m2'][1]}"}
+    added = [json.loads(line) for line in (common.LOG_DIR / "etcd.log").read_text().splitlines()]
+    assert [e["name"] for e in added if e.get("event") == "member add"] == ["m2"]
+
+
+def test_rke2_cluster_reset_leaves_one_member_and_the_second_rejoins_with_its_db_deleted(rke2_servers, capsys):
+    first = rke2_servers.start_first()
+    rke2_servers.join_second(first)
+    admin = apiserver.read_state(rke2_servers.tmp / "m1" / "etcd")["admin"]
+    snapshot = rke2_servers.tmp / "snapshot"
+    snapshot.write_text(json.dumps(apiserver.read_state(rke2_servers.tmp / "m1" / "etcd")))
+    api(first, "POST", "/objects", {"items": [{"kind": "ConfigMap", "metadata": {"name": "after"}}]}, credential=admin)
+    rke2_servers.stop()
+    rke2_servers.on("m1")
+    rke2.cluster_reset(str(snapshot))
+    assert "restart without --cluster-reset flag now" in capsys.readouterr().out
+    first = rke2_servers.start_first()
+    # The second kept its db dir: its member is gone from the reset cluster, so its etcd does not start.
+    with pytest.raises(etcd.NotAMember, match="m2"):
+        rke2_servers.join_second(first)
+    shutil.rmtree(rke2_servers.tmp / "m2")
+    second = rke2_servers.join_second(first)
+    assert "after" not in [o["metadata"]["name"] for o in api(second, "GET", "/objects", credential=admin)["items"]]
+    assert [m["name"] for m in api(second, "GET", "/etcd-members", credential=admin)["members"]] == ["m1", "m2"]
 
 
 @pytest.fixture

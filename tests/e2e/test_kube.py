@@ -7,8 +7,10 @@ plane through haproxy on rancher-host) on Docker through cri-dockerd, imported b
 running in Docker on rancher-host; the same VMs switched to RKE (rke up
 from the rancher node over the SSH mesh) with Rancher in Docker (a real container of the Rancher double's
 image) importing it, its snapshot and a restore; reset again and RKE2 (server, agent joining with the server's
-token), its snapshot and a restore; Rancher added in helm mode (a helm built to fail first, then
-the real install and the import of the RKE2 cluster); down. Packages come from the local repository labctl serves
+token), its snapshot and a restore; reset again and RKE2 with two servers (kube-worker joins the first
+server's supervisor port with its token, its etcd member added, each serving the one state), a snapshot and
+the documented multi-server restore; Rancher added in helm mode to that two-server cluster (a helm built to
+fail first, then the real install and the import of the RKE2 cluster); down. Packages come from the local repository labctl serves
 (guests have no route out); `labctl repo-build` makes it on the host beforehand.
 """
 
@@ -59,9 +61,9 @@ def write_lab(path: Path, kubernetes: dict, worker_roles: tuple[str, ...] = ("wo
         "nodes": [{"name": "rancher-host", "roles": ["rancher"], "memory": "3584MiB"},
                   # RKE2's floor for a server (labctl.kube.checks); TCG guests touch only what they use.
                   {"name": "kube-master", "roles": ["master", "etcd"], "memory": "3584MiB"},
-                  # kubeadm's floor for a master (it is one in the multi-master phase); the same size
+                  # A second master in the multi-master phases, so RKE2's server floor too; the same size
                   # in every phase, so the VM is never redefined.
-                  {"name": "kube-worker", "roles": list(worker_roles), "memory": "1792MiB"}],
+                  {"name": "kube-worker", "roles": list(worker_roles), "memory": "3584MiB"}],
         "packages": {"source": "local"},
         "kubernetes": kubernetes,
     }))
@@ -79,16 +81,18 @@ def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = Fal
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def restore_drops_what_came_after(labctl, lab_file: Path, node: str, kubectl: str, name: str) -> None:
-    """Save snapshot name, add a ConfigMap, restore through labctl: the ConfigMap is gone, every node Ready again."""
+def restore_drops_what_came_after(labctl, lab_file: Path, node: str, kubectl: str, name: str,
+                                  also_on: tuple[str, ...] = ()) -> None:
+    """Save snapshot name, add a ConfigMap, restore through labctl: the ConfigMap is gone, every node Ready again.
+    also_on: more nodes whose kubectl (their own API server) must show the same before and after."""
     ok(labctl("etcd", "snapshot", "save", str(lab_file), name, timeout=600))
     marker = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after-snapshot", "namespace": "default"}})
     on(labctl, lab_file, node, f"echo '{marker}' | {kubectl} apply -f -")
 
-    def configmaps() -> set[str]:
-        return {c["metadata"]["name"] for c in json.loads(on(labctl, lab_file, node, f"{kubectl} get configmaps -o json"))["items"]}
+    def configmaps(where: str) -> set[str]:
+        return {c["metadata"]["name"] for c in json.loads(on(labctl, lab_file, where, f"{kubectl} get configmaps -o json"))["items"]}
 
-    assert "after-snapshot" in configmaps()
+    assert all("after-snapshot" in configmaps(where) for where in (node, *also_on))
     ok(labctl("etcd", "snapshot", "restore", str(lab_file), name, "--yes", timeout=1800))
 
     def all_ready() -> bool:
@@ -99,7 +103,7 @@ def restore_drops_what_came_after(labctl, lab_file: Path, node: str, kubectl: st
     while not all_ready():
         assert time.monotonic() < deadline, "nodes not Ready again within 120 s of the restore"
         time.sleep(5)
-    assert "after-snapshot" not in configmaps()
+    assert [where for where in (node, *also_on) if "after-snapshot" in configmaps(where)] == []
 
 
 @pytest.fixture(scope="module")
@@ -489,14 +493,83 @@ def test_rke2_etcd_snapshot_restore(labctl, lab_file, rke2_lab):
     assert reset["restore_path"] == f"/var/lib/rancher/rke2/server/db/snapshots/{restore_point}"
 
 
-def write_rancher_lab(lab_file: Path, labctl_home: Path, rancher_artifacts: Path) -> None:
-    """The RKE2 lab as it runs, plus Rancher in helm mode from rancher_artifacts."""
-    write_lab(lab_file, {**RKE2, "artifacts": str(labctl_home / "artifacts-rke2"),
-                         "rancher": {"enabled": True, "mode": "helm", "artifacts": str(rancher_artifacts)}})
+RKE2_KUBECTL = "sudo /var/lib/rancher/rke2/bin/kubectl --kubeconfig /etc/rancher/rke2/rke2.yaml"
+HA_ROLES = ("master", "etcd")
 
 
 @pytest.fixture(scope="module")
-def failed_rancher_up(labctl, labctl_home, lab_file, rke2_lab):
+def rke2_ha_lab(labctl, labctl_home, lab_file, rke2_lab):
+    """After the single-server phase: Kubernetes reset, kube-worker a second RKE2 server. It joins at the first
+    server's supervisor port with the token the first wrote; no fixed registration address in front (the
+    rancher node's Rancher, in helm mode later, runs its own RKE2 on 6443 and 9345; docs/kubernetes.md)."""
+    ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
+    write_lab(lab_file, {**RKE2, "artifacts": str(labctl_home / "artifacts-rke2")}, worker_roles=HA_ROLES)
+    start = time.monotonic()
+    up = ok(labctl("up", str(lab_file), timeout=3600))
+    print(f"\nRKE2 HA lab (2 servers): labctl up took {time.monotonic() - start:.0f} s")
+    return up
+
+
+def last_rke2_server(labctl, lab_file: Path, node: str) -> dict:
+    return [e for e in double_log(labctl, lab_file, node, "rke2") if e.get("command") == "server"][-1]
+
+
+def test_rke2_second_server_joins_with_the_token_the_first_wrote(labctl, lab_file, rke2_ha_lab):
+    first, joined = (last_rke2_server(labctl, lab_file, node) for node in ("kube-master", "kube-worker"))
+    assert "server" not in first["config"] and first["token"].startswith("K10")
+    assert (joined["config"]["server"], joined["config"]["token"]) == (f"https://{MASTER_IP}:9345", first["token"])
+    assert joined["token"] == first["token"]  # its node-token is the cluster's
+    # Its embedded etcd was added through the first member and lists both.
+    assert joined["etcd_members"] == ["kube-master", "kube-worker"]
+    added = [e for e in double_log(labctl, lab_file, "kube-master", "etcd") if e.get("event") == "member add"][-1]
+    assert (added["name"], added["peer_urls"]) == ("kube-worker", [f"https://{WORKER_IP}:2380"])
+    assert added["time"] > first["time"]
+    # Two servers run two etcd members: labctl says that tolerates no more failures than one.
+    assert "2 masters run 2 etcd members, whose quorum is 2" in rke2_ha_lab.stderr, rke2_ha_lab.stderr
+
+
+def test_rke2_both_servers_ready_as_control_plane_on_one_state(labctl, lab_file, rke2_ha_lab):
+    configs = [yaml.safe_load(on(labctl, lab_file, node, "sudo cat /etc/rancher/rke2/rke2.yaml"))
+               for node in ("kube-master", "kube-worker")]
+    # Each server wrote its own kubeconfig, for its own API server, with the cluster's admin credential.
+    assert [c["clusters"][0]["cluster"]["server"] for c in configs] == ["https://127.0.0.1:6443"] * 2
+    assert configs[0]["users"] == configs[1]["users"]
+    # Each server's API, on its own address over the lab network, answers with the same nodes.
+    for ip in (MASTER_IP, WORKER_IP):
+        nodes = json.loads(on(labctl, lab_file, "kube-master", f"{RKE2_KUBECTL} --server https://{ip}:6443 get nodes -o json"))["items"]
+        by_name = {n["metadata"]["name"]: n for n in nodes}
+        assert set(by_name) == {"kube-master", "kube-worker"}, ip
+        for name, node in by_name.items():
+            assert node["status"]["conditions"][0]["status"] == "True", node
+            labels = node["metadata"]["labels"]
+            assert {labels.get(f"node-role.kubernetes.io/{role}") for role in ("control-plane", "etcd", "master")} == {"true"}
+            # Each server's kubelet heartbeats its own API server.
+            assert node["labctlDouble"]["peer"] == "127.0.0.1"
+            assert node["spec"]["taints"] == [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]
+    config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
+    assert re.search(r"^kube-worker\s+Ready\s+control-plane", rke2_ha_lab.stdout, re.MULTILINE), rke2_ha_lab.stdout
+
+
+def test_rke2_ha_etcd_snapshot_restore(labctl, lab_file, rke2_ha_lab):
+    restore_drops_what_came_after(labctl, lab_file, "kube-master", RKE2_KUBECTL, "ha-restore-point", also_on=("kube-worker",))
+    reset = [e for e in double_log(labctl, lab_file, "kube-master", "rke2") if e.get("command") == "cluster-reset"][-1]
+    assert reset["restore_path"].startswith("/var/lib/rancher/rke2/server/db/snapshots/ha-restore-point-kube-master-")
+    # The reset cluster had one member; the second server, its db deleted, was added again after the reset.
+    rejoined = [e for e in double_log(labctl, lab_file, "kube-master", "etcd") if e.get("event") == "member add"][-1]
+    assert rejoined["name"] == "kube-worker" and rejoined["time"] > reset["time"]
+    assert last_rke2_server(labctl, lab_file, "kube-worker")["etcd_members"] == ["kube-master", "kube-worker"]
+
+
+def write_rancher_lab(lab_file: Path, labctl_home: Path, rancher_artifacts: Path) -> None:
+    """The two-server RKE2 lab as it runs, plus Rancher in helm mode from rancher_artifacts."""
+    write_lab(lab_file, {**RKE2, "artifacts": str(labctl_home / "artifacts-rke2"),
+                         "rancher": {"enabled": True, "mode": "helm", "artifacts": str(rancher_artifacts)}},
+              worker_roles=HA_ROLES)
+
+
+@pytest.fixture(scope="module")
+def failed_rancher_up(labctl, labctl_home, lab_file, rke2_ha_lab):
     """`up` with Rancher added, its helm double built to fail the rancher release."""
     write_rancher_lab(lab_file, labctl_home, build.rancher_artifacts(labctl_home / "artifacts-rancher-failing", fail="rancher"))
     return labctl("up", str(lab_file), timeout=3600)

@@ -249,6 +249,36 @@ def test_rke2_agents_get_token_read_from_server(tmp_path):
     assert yaml.safe_load(outcome.kubeconfig.read_text())["clusters"][0]["cluster"]["server"].endswith(":6443")
 
 
+def test_rke2_second_server_joins_the_first_before_any_agent(tmp_path):
+    lab = lab_with({"distro": "rke2", "ready_timeout": 60}, NODES + [{"name": "kube-master2", "roles": ["master"]}])
+    order = []
+
+    def started(name):
+        return lambda command: order.append(name) or ok()
+
+    master = FakeExecutor("kube-master", [
+        (r"systemctl start rke2-server", started("kube-master")),
+        (r"cat /var/lib/rancher/rke2/server/node-token", ok("K10abc::server:secret\n")),
+        (r"get nodes -o json", ok(NODES_READY_WITH_MASTER2)), *kubectl_rules(),
+    ], files={"/etc/rancher/rke2/rke2.yaml": KUBECONFIG.encode()})
+    fleet = {"rancher-host": FakeExecutor("rancher-host"), "kube-master": master,
+             "kube-master2": FakeExecutor("kube-master2", [(r"systemctl start rke2-server", started("kube-master2"))]),
+             "kube-worker": FakeExecutor("kube-worker", [(r"systemctl start rke2-agent", started("kube-worker"))])}
+    reporter = QuietReporter()
+    kube_bootstrap.bootstrap(lab, fleet, reporter=reporter, state_dir=tmp_path)
+    assert order == ["kube-master", "kube-master2", "kube-worker"]
+    joining = yaml.safe_load(fleet["kube-master2"].files[render.RKE2_CONFIG_PATH])
+    assert set(joining) <= schema.RKE2_SERVER_KEYS
+    first_ip = str(lab.node("kube-master").ip)
+    # The same token and the first server's supervisor port; the cluster-wide settings match the first's.
+    assert (joining["server"], joining["token"]) == (f"https://{first_ip}:9345", "K10abc::server:secret")
+    first = yaml.safe_load(master.files[render.RKE2_CONFIG_PATH])
+    assert {k: v for k, v in joining.items() if k not in ("server", "token", "node-name", "node-ip")} == {
+        k: v for k, v in first.items() if k not in ("node-name", "node-ip")}
+    assert {first_ip, str(lab.node("kube-master2").ip)} <= set(first["tls-san"])
+    assert any(kind == "warn" and "quorum is 2" in message for _, kind, message in reporter.events)
+
+
 def test_rke2_empty_token_raises(tmp_path):
     lab = lab_with({"distro": "rke2"})
     fleet = {name: FakeExecutor(name) for name in ("rancher-host", "kube-master", "kube-worker")}

@@ -4,7 +4,7 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.kube import compat
-from labctl.kube.checks import check_lab
+from labctl.kube.checks import check_lab, warnings
 from labctl.lab import parse_lab
 
 REFERENCE_NODES = [
@@ -163,6 +163,28 @@ def test_check_lab_rke_needs_rancher_node_to_run_rke_up():
 
 def test_check_lab_accepts_reference_lab():
     check_lab(lab_with({"distro": "rke2", "rancher": {"enabled": True}}))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_even_number_of_rke2_servers_is_accepted_with_a_quorum_warning(count):
+    nodes = [{"name": f"m{i}", "roles": ["master", "etcd"], "memory": "4GiB"} for i in range(count)]
+    lab = lab_with({"distro": "rke2"}, nodes=nodes)
+    check_lab(lab)
+    (note,) = warnings(lab)
+    assert f"quorum is {count // 2 + 1}" in note and "odd number" in note
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_odd_number_of_servers_warns_nothing(count):
+    nodes = [{"name": f"m{i}", "roles": ["master", "etcd"], "memory": "4GiB"} for i in range(count)]
+    assert warnings(lab_with({"distro": "rke2"}, nodes=nodes)) == []
+
+
+def test_rke2_server_below_the_memory_floor_is_rejected():
+    nodes = [{"name": "m0", "roles": ["master"], "memory": "4GiB"}, {"name": "m1", "roles": ["master"], "memory": "1792MiB"}]
+    with pytest.raises(InvalidInput) as caught:
+        check_lab(lab_with({"distro": "rke2"}, nodes=nodes))
+    assert "master m1 has 1792 MiB; fix: give it memory of at least 3500MiB" in caught.value.details
 
 
 def test_check_lab_ha_kubeadm_without_balancer_host():

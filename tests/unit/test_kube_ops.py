@@ -7,7 +7,7 @@ from labctl.errors import InvalidInput, LabctlError
 from labctl.kube import ops
 from labctl.lab import parse_lab
 from labctl.progress import QuietReporter
-from tests.unit.test_kube_bootstrap import NODES, FakeExecutor, fail
+from tests.unit.test_kube_bootstrap import NODES, FakeExecutor, fail, ok
 
 LAB_KUBECONFIG = yaml.safe_dump({
     "apiVersion": "v1", "kind": "Config",
@@ -80,6 +80,23 @@ def test_rke2_restore_stops_resets_and_starts():
     assert "ls -1t /var/lib/rancher/rke2/server/db/snapshots/snap1-* " in commands[1]
     assert 'rke2 server --cluster-reset --cluster-reset-restore-path="$snapshot"' in commands[1]
     assert commands[2] == "systemctl start rke2-server"
+
+
+def test_rke2_restore_with_two_servers_rejoins_the_second_after_the_first_is_back():
+    lab = parse_lab({"name": "ref", "nodes": [*NODES[:2], {"name": "kube-worker", "roles": ["master"]}],
+                     "kubernetes": {"distro": "rke2"}})
+    order = []
+    nodes = {name: FakeExecutor(name, [(r".", lambda command, name=name: order.append((name, command)) or ok())])
+             for name in ("rancher-host", "kube-master", "kube-worker")}
+    ops.snapshot_restore(lab, nodes, "snap1", QuietReporter())
+    assert [(node, command.split(";")[0]) for node, command in order] == [
+        ("kube-master", "systemctl stop rke2-server"),
+        ("kube-worker", "systemctl stop rke2-server"),
+        ("kube-master", "snapshot=$(ls -1t /var/lib/rancher/rke2/server/db/snapshots/snap1-* 2>/dev/null | head -n1)"),
+        ("kube-master", "systemctl start rke2-server"),
+        # https://docs.rke2.io/datastore/backup_restore: the other servers rejoin with their db deleted.
+        ("kube-worker", "rm -rf /var/lib/rancher/rke2/server/db && systemctl start rke2-server"),
+    ]
 
 
 def test_kubeadm_restore_failure_raises():
