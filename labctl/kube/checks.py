@@ -33,6 +33,12 @@ def check_lab(lab: Lab, *, source: str = "lab file") -> None:
                 "kubernetes.distro rke: `rke up` runs from the rancher-role node and there is none; "
                 "fix: add a node with `roles: [rancher]`"
             )
+        if kube.distro == "rke" and not lab.nodes_with(Role.worker):
+            # `rke up` refuses a cluster without a worker plane host; it taints the nodes without the role.
+            problems.append(
+                "kubernetes.distro rke: RKE needs a worker plane host and no node has role worker; "
+                "fix: add `worker` to a node's roles, e.g. `roles: [master, worker]`"
+            )
         if len(masters) > 1 and kube.distro == "kubeadm" and not ranchers:
             problems.append(
                 f"kubernetes.distro kubeadm with {len(masters)} masters needs a load balancer for the API, "

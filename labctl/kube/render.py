@@ -247,8 +247,10 @@ def rke2_config(lab: Lab, node: Node, *, server_url: str | None = None, token: s
             config["kube-controller-manager-arg"] = [f"node-cidr-mask-size={kube.node_cidr_mask_size}"]
         if proxy := _rke2_proxy_args(kube):
             config["kube-proxy-arg"] = proxy
-        if not node.has_role(Role.worker):
-            # The taint RKE2's docs give for dedicated servers; CNI and CoreDNS tolerate it.
+        if not node.has_role(Role.worker) and lab.nodes_with(Role.worker):
+            # A dedicated server, as https://docs.rke2.io/install/ha (2a, server node taints) taints one; CNI and
+            # CoreDNS tolerate it. RKE2's servers are schedulable by default: with no worker-role node to
+            # run workloads (Rancher's cluster agent among them), the servers stay untainted.
             config["node-taint"] = ["CriticalAddonsOnly=true:NoExecute"]
     config["kubelet-arg"] = [
         f"max-pods={kube.kubelet.max_pods}",

@@ -8,7 +8,8 @@ the kubelet config and kubeadm's kubeadm-config and kubeadm-certs (encrypted wit
 key, which the API never sees) and trades itself for a node credential; a node credential registers
 and heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
 pods placed on it). Nodes are Ready while their kubelet heartbeats and a CNI DaemonSet whose pod
-network equals the cluster's pod subnet has been applied; CoreDNS runs once a node is Ready.
+network equals the cluster's pod subnet has been applied. Pods go, as the scheduler places them, only to
+Ready nodes whose NoSchedule and NoExecute taints their template tolerates; with none they stay Pending.
 """
 
 from __future__ import annotations
@@ -106,8 +107,29 @@ def node_view(state: dict[str, Any], name: str, now: float) -> dict[str, Any]:
     }
 
 
+def tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
+    """Kubernetes' Toleration.ToleratesTaint: an empty effect matches every effect, an empty key (with
+    Exists) every key; Exists ignores the value, Equal (the default) compares it."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("key") and toleration["key"] != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    return operator == "Equal" and toleration.get("value", "") == taint.get("value", "")
+
+
+def schedulable(node: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
+    """Whether the scheduler may place a pod with tolerations on node: every NoSchedule and NoExecute
+    taint tolerated (PreferNoSchedule only steers)."""
+    return all(any(tolerates(t, taint) for t in tolerations)
+               for taint in node.get("taints", []) if taint.get("effect") in ("NoSchedule", "NoExecute"))
+
+
 def pod_views(state: dict[str, Any], now: float) -> list[dict[str, Any]]:
-    """Pods of the applied Deployments and DaemonSets: Running once a node is Ready for them."""
+    """Pods of the applied Deployments and DaemonSets: Running once a Ready node whose taints the pod
+    template tolerates takes them, Pending while there is none."""
     ready_nodes = sorted(n for n in state["nodes"]
                          if node_view(state, n, now)["status"]["conditions"][0]["status"] == "True")
     pods = []
@@ -116,19 +138,22 @@ def pod_views(state: dict[str, Any], now: float) -> list[dict[str, Any]]:
         if kind not in ("Deployment", "DaemonSet"):
             continue
         meta, spec = obj["metadata"], obj.get("spec", {})
-        labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
-        containers = spec.get("template", {}).get("spec", {}).get("containers", [])
+        template = spec.get("template", {})
+        labels = template.get("metadata", {}).get("labels", {})
+        containers = template.get("spec", {}).get("containers", [])
+        tolerations = template.get("spec", {}).get("tolerations") or []
+        eligible = [n for n in ready_nodes if schedulable(state["nodes"][n], tolerations)]
         if kind == "Deployment":
-            placements = [ready_nodes[i % len(ready_nodes)] if ready_nodes else None for i in range(spec.get("replicas", 1))]
+            placements = [eligible[i % len(eligible)] if eligible else None for i in range(spec.get("replicas", 1))]
         else:
-            placements = ready_nodes or [None]
+            placements = eligible or [None]
         for index, node in enumerate(placements):
             running = node is not None
             pods.append({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"{meta['name']}-{index}", "namespace": meta.get("namespace", "default"),
                              "labels": labels},
-                "spec": {"nodeName": node or ""},
+                "spec": {"nodeName": node or "", "tolerations": tolerations},
                 "status": {"phase": "Running" if running else "Pending",
                            "containerStatuses": [{"name": c.get("name"), "ready": running} for c in containers]},
             })

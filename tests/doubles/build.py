@@ -22,6 +22,8 @@ import yaml
 
 from labctl.kube import artifacts, compat
 
+from .common import CANAL_TOLERATIONS
+
 DOUBLES_DIR = Path(__file__).resolve().parent
 LABCTL_DIR = DOUBLES_DIR.parent.parent / "labctl"
 
@@ -50,17 +52,20 @@ def build(tool: str, target: Path, behaviour: dict[str, Any]) -> Path:
 
 def cni_manifest(cni: str) -> str:
     """The parts of the upstream canal or flannel manifest the doubles look at: the DaemonSet installing
-    the plugin, and net-conf.json with the pod network upstream ships (compat.CNI_MANIFEST_POD_CIDR)."""
+    the plugin with its tolerations, and net-conf.json with the pod network upstream ships (compat.CNI_MANIFEST_POD_CIDR)."""
     namespace = "kube-system" if cni == "canal" else "kube-flannel"
     containers = ["calico-node", "kube-flannel"] if cni == "canal" else ["kube-flannel"]
     config = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": f"{cni}-config" if cni == "canal" else "kube-flannel-cfg", "namespace": namespace},
               "data": {"net-conf.json": json.dumps({"Network": compat.CNI_MANIFEST_POD_CIDR[cni],
                                                     "Backend": {"Type": "vxlan"}})}}
+    # kube-flannel.yml tolerates every NoSchedule taint only.
+    tolerations = CANAL_TOLERATIONS if cni == "canal" else [{"effect": "NoSchedule", "operator": "Exists"}]
     daemonset = {
         "apiVersion": "apps/v1", "kind": "DaemonSet",
         "metadata": {"name": "canal" if cni == "canal" else "kube-flannel-ds", "namespace": namespace},
         "spec": {"template": {"metadata": {"labels": {"k8s-app": cni}}, "spec": {
+            "tolerations": tolerations,
             "initContainers": [{"name": "install-cni", "image": f"docker.io/example/{cni}-cni:double"}],
             "containers": [{"name": name, "image": f"docker.io/example/{name}:double"} for name in containers]}}},
     }

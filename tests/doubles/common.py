@@ -25,6 +25,11 @@ import yaml
 LOG_DIR = Path(os.environ.get("LABCTL_DOUBLES_LOG") or (
     "/var/log/labctl-doubles" if os.geteuid() == 0 else Path.home() / ".labctl-doubles" / "log"))
 API_PORT = 6443
+# The canal DaemonSet's tolerations in upstream Calico's canal.yaml, RKE's canal template and the rke2-canal
+# chart alike (calico-node's in calico.yaml too): every NoSchedule and NoExecute taint.
+CANAL_TOLERATIONS = [{"effect": "NoSchedule", "operator": "Exists"},
+                     {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                     {"effect": "NoExecute", "operator": "Exists"}]
 
 
 def record(tool: str, **fields: Any) -> None:

@@ -296,18 +296,21 @@ def init(flags: dict[str, str]) -> None:
 
 
 def addons(documents: dict[str, dict[str, Any]], registry: str, version: str) -> list[dict[str, Any]]:
-    """CoreDNS and kube-proxy, as kubeadm's addon phase installs them."""
+    """CoreDNS and kube-proxy, as kubeadm's addon phase installs them (with its manifests' tolerations)."""
     proxy_config = documents.get("KubeProxyConfiguration", {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
                                                             "kind": "KubeProxyConfiguration"})
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
          "data": {"config.conf": yaml.safe_dump(proxy_config)}},
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
-         "spec": {"template": {"metadata": {"labels": {"k8s-app": "kube-proxy"}},
-                               "spec": {"containers": [{"name": "kube-proxy", "image": f"{registry}/kube-proxy:{version}"}]}}}},
+         "spec": {"template": {"metadata": {"labels": {"k8s-app": "kube-proxy"}}, "spec": {
+             "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}, {"operator": "Exists"}],
+             "containers": [{"name": "kube-proxy", "image": f"{registry}/kube-proxy:{version}"}]}}}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "coredns", "namespace": "kube-system"},
-         "spec": {"replicas": 2, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
-                                               "spec": {"containers": [{"name": "coredns", "image": f"{registry}/coredns/coredns:v1.12.4"}]}}}},
+         "spec": {"replicas": 2, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}}, "spec": {
+             "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                             {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+             "containers": [{"name": "coredns", "image": f"{registry}/coredns/coredns:v1.12.4"}]}}}},
     ]
 
 

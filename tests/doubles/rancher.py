@@ -190,6 +190,9 @@ class Rancher:
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": AGENT, "namespace": "cattle-system"},
              "spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": AGENT}}, "spec": {
                  "serviceAccountName": "cattle",
+                 # pkg/systemtemplate's defaults while Rancher knows no taints of the cluster's controlplane nodes.
+                 "tolerations": [{"effect": "NoSchedule", "key": "node-role.kubernetes.io/controlplane", "value": "true"},
+                                 {"effect": "NoSchedule", "key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}],
                  "containers": [{"name": "cluster-register", "image": f"rancher/rancher-agent:{self.version}",
                                  "env": [{"name": k, "value": v} for k, v in env.items()],
                                  "volumeMounts": [{"name": "cattle-credentials", "mountPath": "/cattle-credentials", "readOnly": True}]}],

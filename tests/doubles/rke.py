@@ -7,7 +7,8 @@ version as the node's user (RKE drives Docker through the SSH connection). Where
 containers, the double copies itself to the node and starts its node agents there: the API
 server double on the first controlplane node, a kubelet double on every node, which heartbeats
 from the node's own address and runs the pods placed there whose images the doubles implement
-(workloads.py: the cattle-cluster-agent of a Rancher import). It then deploys the network plugin
+(workloads.py: the cattle-cluster-agent of a Rancher import). It labels the nodes with their roles and
+taints those without the worker role as RKE does, then deploys the network plugin
 and CoreDNS and writes kube_config_cluster.yml and cluster.rkestate next to cluster.yml.
 """
 
@@ -30,7 +31,7 @@ import yaml
 from labctl.kube import schema
 
 from . import apiserver, workloads
-from .common import APIError, api, behaviour, die, kubeconfig_text, new_ca, parse_flags, record, wait_for
+from .common import CANAL_TOLERATIONS, APIError, api, behaviour, die, kubeconfig_text, new_ca, parse_flags, record, wait_for
 
 TOOL = "rke"
 ROLES = {"controlplane", "etcd", "worker"}
@@ -143,6 +144,8 @@ def up(config_path: Path) -> None:
     if not wait_for(lambda: names <= {n["metadata"]["name"] for n in api(server, "GET", "/nodes", credential=admin)["items"]},
                     timeout=120):
         die(TOOL, "FATA[0120] [workerPlane] Failed to bring up Worker Plane: kubelets did not register")
+    for node in nodes:
+        api(server, "PATCH", f"/nodes/{node_name(node)}", role_labels_and_taints(node["role"]), credential=admin)
     api(server, "POST", "/objects", {"items": addons(cluster, pod_subnet)}, credential=admin)
     config_path.with_name(f"kube_config_{config_path.name}").write_text(
         kubeconfig_text(state["cluster"]["name"], server, ca, "kube-admin-local", admin))
@@ -151,18 +154,36 @@ def up(config_path: Path) -> None:
     print("INFO[0100] Finished building Kubernetes cluster successfully")
 
 
+def role_labels_and_taints(roles: list[str]) -> dict[str, Any]:
+    """RKE's role labels, and the taints its worker plane gives a node without the worker role (rke's
+    services/workerplane.go): etcd NoExecute, controlplane NoSchedule."""
+    taints = [] if "worker" in roles else [
+        {"key": f"node-role.kubernetes.io/{role}", "value": "true", "effect": effect}
+        for role, effect in (("etcd", "NoExecute"), ("controlplane", "NoSchedule")) if role in roles]
+    return {"labels": {f"node-role.kubernetes.io/{role}": "true" for role in roles}, "taints": taints}
+
+
+# RKE's addon templates: flannel tolerates every NoSchedule and NoExecute taint; canal and calico the same
+# and CriticalAddonsOnly; CoreDNS those three.
+PLUGIN_TOLERATIONS = {"flannel": [{"operator": "Exists", "effect": "NoSchedule"}, {"operator": "Exists", "effect": "NoExecute"}]}
+COREDNS_TOLERATIONS = [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                       {"effect": "NoExecute", "operator": "Exists"}, {"effect": "NoSchedule", "operator": "Exists"}]
+
+
 def addons(cluster: dict[str, Any], pod_subnet: str) -> list[dict[str, Any]]:
     """The network plugin (its pod network from services.kube-controller.cluster_cidr) and CoreDNS."""
     plugin = cluster.get("network", {}).get("plugin", "canal")
+    tolerations = PLUGIN_TOLERATIONS.get(plugin, CANAL_TOLERATIONS)
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{plugin}-config", "namespace": "kube-system"},
          "data": {"net-conf.json": json.dumps({"Network": pod_subnet, "Backend": {"Type": "vxlan"}})}},
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": plugin, "namespace": "kube-system"},
          "spec": {"template": {"metadata": {"labels": {"k8s-app": plugin}},
-                               "spec": {"initContainers": [{"name": "install-cni"}], "containers": [{"name": "kube-flannel"}]}}}},
+                               "spec": {"tolerations": tolerations, "initContainers": [{"name": "install-cni"}],
+                                        "containers": [{"name": "kube-flannel"}]}}}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "coredns", "namespace": "kube-system"},
-         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
-                                               "spec": {"containers": [{"name": "coredns"}]}}}},
+         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}}, "spec": {
+             "tolerations": COREDNS_TOLERATIONS, "containers": [{"name": "coredns"}]}}}},
     ]
 
 

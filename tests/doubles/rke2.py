@@ -41,6 +41,7 @@ from labctl.kube import schema
 from . import apiserver, etcd, workloads
 from .common import (
     APIError,
+    CANAL_TOLERATIONS,
     api,
     behaviour,
     die,
@@ -127,7 +128,14 @@ def server_labels(config: dict[str, Any]) -> dict[str, Any]:
             "taints": taints}
 
 
+# The rke2-coredns chart's: CriticalAddonsOnly (its cluster-service template) and the server roles' taints (its values).
+RKE2_COREDNS_TOLERATIONS = [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                            {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                            {"key": "node-role.kubernetes.io/etcd", "operator": "Exists", "effect": "NoExecute"}]
+
+
 def addons(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CNI (rke2-canal's tolerations whatever the cni; its network from cluster-cidr) and CoreDNS."""
     cni = config.get("cni", "canal")
     network = config.get("cluster-cidr", "10.42.0.0/16")
     return [
@@ -135,10 +143,11 @@ def addons(config: dict[str, Any]) -> list[dict[str, Any]]:
          "data": {"net-conf.json": json.dumps({"Network": network, "Backend": {"Type": "vxlan"}})}},
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": f"rke2-{cni}", "namespace": "kube-system"},
          "spec": {"template": {"metadata": {"labels": {"k8s-app": cni}},
-                               "spec": {"initContainers": [{"name": "install-cni"}], "containers": [{"name": "kube-flannel"}]}}}},
+                               "spec": {"tolerations": CANAL_TOLERATIONS, "initContainers": [{"name": "install-cni"}],
+                                        "containers": [{"name": "kube-flannel"}]}}}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rke2-coredns-rke2-coredns", "namespace": "kube-system"},
-         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
-                                               "spec": {"containers": [{"name": "coredns"}]}}}},
+         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}}, "spec": {
+             "tolerations": RKE2_COREDNS_TOLERATIONS, "containers": [{"name": "coredns"}]}}}},
     ]
 
 

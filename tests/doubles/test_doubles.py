@@ -106,6 +106,56 @@ def test_nodes_get_ready_only_with_a_cni_on_the_cluster_pod_subnet(server):
     assert [p["status"]["phase"] for p in dns] == ["Running", "Running"]
 
 
+def deployment(name: str, tolerations: list[dict] | None = None, replicas: int = 1) -> dict:
+    spec = {"containers": [{"name": name}], **({"tolerations": tolerations} if tolerations is not None else {})}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": replicas, "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}}
+
+
+def placements(server: str) -> dict[str, list[str]]:
+    """Each workload's pods: the node it runs on, or "" while Pending."""
+    placed: dict[str, list[str]] = {}
+    for pod in api(server, "GET", "/pods", credential="admin-secret")["items"]:
+        assert (pod["status"]["phase"] == "Running") == bool(pod["spec"]["nodeName"])
+        placed.setdefault(pod["metadata"]["name"].rsplit("-", 1)[0], []).append(pod["spec"]["nodeName"])
+    return placed
+
+
+def test_pods_go_only_to_ready_nodes_whose_taints_they_tolerate(server):
+    for name in ("m", "w"):
+        credential = api(server, "POST", "/bootstrap", {"token": "abcdef.0123456789abcdef", "node": name})["credential"]
+        api(server, "PUT", f"/nodes/{name}", {"address": "10.0.0.2"}, credential=credential)
+    # RKE's controlplane+etcd node, as rke's double taints it.
+    api(server, "PATCH", "/nodes/m", rke.role_labels_and_taints(["controlplane", "etcd"]), credential="admin-secret")
+    canal = list(yaml.safe_load_all(build.cni_manifest("canal").replace("10.244.0.0/16", "10.244.0.0/21")))
+    workloads = [deployment("plain", replicas=2),
+                 deployment("controlplane-only", [{"key": "node-role.kubernetes.io/controlplane", "operator": "Exists",
+                                                   "effect": "NoSchedule"}]),
+                 deployment("everything", [{"operator": "Exists"}], replicas=2)]
+    api(server, "POST", "/objects", {"items": canal + workloads}, credential="admin-secret")
+    assert placements(server) == {"canal": ["m", "w"], "plain": ["w", "w"], "controlplane-only": ["w"],
+                                  "everything": ["m", "w"]}
+    # Every node tainted: what tolerates none of it stays Pending, as on a real cluster.
+    api(server, "PATCH", "/nodes/w", {"taints": [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]},
+        credential="admin-secret")
+    assert placements(server) == {"canal": ["m", "w"], "plain": ["", ""], "controlplane-only": [""],
+                                  "everything": ["m", "w"]}
+
+
+@pytest.mark.parametrize("toleration, tolerated", [
+    ({"key": "k", "operator": "Exists"}, True),  # no effect: every effect
+    ({"key": "k", "value": "v", "effect": "NoExecute"}, True),  # Equal is the default operator
+    ({"key": "k", "operator": "Equal", "value": "other"}, False),
+    ({"key": "k", "operator": "Exists", "effect": "NoSchedule"}, False),
+    ({"key": "other", "operator": "Exists"}, False),
+    ({"operator": "Exists"}, True),  # no key with Exists: every taint
+])
+def test_tolerations_match_taints_as_kubernetes_matches_them(toleration, tolerated):
+    assert apiserver.tolerates(toleration, {"key": "k", "value": "v", "effect": "NoExecute"}) is tolerated
+    # PreferNoSchedule only steers the scheduler: it never keeps a pod off.
+    assert apiserver.schedulable({"taints": [{"key": "x", "effect": "PreferNoSchedule"}]}, [toleration])
+
+
 def test_join_command_hash_is_the_cas():
     ca = new_ca()
     assert ca_hash(ca).startswith("sha256:") and len(ca_hash(ca)) == 71
@@ -350,6 +400,10 @@ def test_rancher_double_answers_labctls_import_calls(rancher_server):
     agent, = [d for d in yaml.safe_load_all(manifest) if d["kind"] == "Deployment"]
     env = {e["name"]: e["value"] for e in agent["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CATTLE_SERVER"] == f"https://{render.rancher_hostname(lab)}"
+    # Rancher's default tolerations: the agent runs on a controlplane-only node, not on RKE's etcd node.
+    tolerations = agent["spec"]["template"]["spec"]["tolerations"]
+    assert apiserver.schedulable(rke.role_labels_and_taints(["controlplane"]), tolerations)
+    assert not apiserver.schedulable(rke.role_labels_and_taints(["controlplane", "etcd"]), tolerations)
     assert [c["state"] for c in server.state["clusters"].values() if c["name"] == "doubles-rancher"] == ["pending"]
     # No agent has connected: waiting for the cluster to turn active gives up naming its state.
     with pytest.raises(WaitTimeout, match="state 'pending'"):

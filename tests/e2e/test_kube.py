@@ -373,6 +373,10 @@ def test_rke_up_reaches_every_node_over_the_ssh_mesh(labctl, lab_file, rke_lab):
                           "kubectl --kubeconfig ~/labctl-rke/kube_config_cluster.yml get nodes -o json"))["items"]
     peers = {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes}
     assert peers == {"kube-master": MASTER_IP, "kube-worker": WORKER_IP}
+    # RKE taints the node without the worker role against workloads.
+    assert {n["metadata"]["name"]: n["spec"]["taints"] for n in nodes} == {"kube-master": [
+        {"key": "node-role.kubernetes.io/etcd", "value": "true", "effect": "NoExecute"},
+        {"key": "node-role.kubernetes.io/controlplane", "value": "true", "effect": "NoSchedule"}], "kube-worker": []}
     assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
     config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
     assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
@@ -415,8 +419,9 @@ def test_rke_up_prints_rancher_url_and_password_file(labctl_home, rke_lab):
 
 
 def test_rke_cluster_imported_and_active_in_rancher(labctl, labctl_home, lab_file, rke_lab):
+    # The agent tolerates the controlplane taint, not the etcd one: it runs on the worker.
     cluster = imported_cluster(labctl, lab_file, rancher_password(labctl_home), rke_lab, kubectl_node="rancher-host",
-                               agent_node="kube-master", user=True)
+                               agent_node="kube-worker", user=True)
     assert (cluster["version"]["gitVersion"], cluster["nodeCount"]) == (RKE["version"], 2)
 
 
@@ -468,6 +473,8 @@ def test_rke2_agent_joins_with_the_token_the_server_wrote(labctl, lab_file, rke2
     assert agent["token"] == server["token"] and server["token"].startswith("K10")
     assert agent["server"] == f"https://{MASTER_IP}:9345"
     assert server["config"]["cluster-cidr"] == "10.52.0.0/16" and server["config"]["cni"] == "canal"
+    # kube-worker takes the workloads: the server is dedicated.
+    assert server["config"]["node-taint"] == ["CriticalAddonsOnly=true:NoExecute"]
     nodes = json.loads(on(labctl, lab_file, "kube-master", "sudo /var/lib/rancher/rke2/bin/kubectl "
                           "--kubeconfig /etc/rancher/rke2/rke2.yaml get nodes -o json"))["items"]
     assert {n["metadata"]["name"]: n["labctlDouble"]["peer"] for n in nodes} == {
@@ -545,7 +552,8 @@ def test_rke2_both_servers_ready_as_control_plane_on_one_state(labctl, lab_file,
             assert {labels.get(f"node-role.kubernetes.io/{role}") for role in ("control-plane", "etcd", "master")} == {"true"}
             # Each server's kubelet heartbeats its own API server.
             assert node["labctlDouble"]["peer"] == "127.0.0.1"
-            assert node["spec"]["taints"] == [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]
+            # No worker-role node in this lab: the servers run the workloads (Rancher's agent later), untainted.
+            assert node["spec"]["taints"] == [], node
     config = yaml.safe_load(ok(labctl("kubeconfig", str(lab_file))).stdout)
     assert config["clusters"][0]["cluster"]["server"] == f"https://{MASTER_IP}:6443"
     assert re.search(r"^kube-worker\s+Ready\s+control-plane", rke2_ha_lab.stdout, re.MULTILINE), rke2_ha_lab.stdout

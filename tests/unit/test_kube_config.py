@@ -161,6 +161,13 @@ def test_check_lab_rke_needs_rancher_node_to_run_rke_up():
     assert "rke up" in caught.value.details
 
 
+def test_check_lab_rke_needs_a_worker_plane_host():
+    nodes = [{"name": "r", "roles": ["rancher"]}, {"name": "m", "roles": ["master", "etcd"]}]
+    with pytest.raises(InvalidInput) as caught:
+        check_lab(lab_with({"distro": "rke"}, nodes=nodes))
+    assert "kubernetes.distro rke: RKE needs a worker plane host" in caught.value.details
+
+
 def test_check_lab_accepts_reference_lab():
     check_lab(lab_with({"distro": "rke2", "rancher": {"enabled": True}}))
 

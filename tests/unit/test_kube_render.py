@@ -136,6 +136,19 @@ def test_rke2_server_and_agent_configs():
         render.rke2_config(lab, lab.node("kube-worker"), server_url="https://10.0.0.1:9345")
 
 
+def test_rke2_servers_are_tainted_only_when_a_worker_takes_the_workloads():
+    lab = lab_with({"distro": "rke2"})
+    server = yaml.safe_load(render.rke2_config(lab, lab.node("kube-master")))
+    assert server["node-taint"] == ["CriticalAddonsOnly=true:NoExecute"]
+    servers_only = lab_with({"distro": "rke2"}, nodes=[NODES[0], {"name": "kube-master", "roles": ["master", "etcd"]},
+                                                        {"name": "kube-master2", "roles": ["master", "etcd"]}])
+    for name in ("kube-master", "kube-master2"):
+        assert "node-taint" not in yaml.safe_load(render.rke2_config(servers_only, servers_only.node(name)))
+    # A server that is also a worker is never tainted.
+    both = lab_with({"distro": "rke2"}, nodes=[NODES[0], {"name": "kube-master", "roles": ["master", "worker"]}, NODES[2]])
+    assert "node-taint" not in yaml.safe_load(render.rke2_config(both, both.node("kube-master")))
+
+
 def test_rke_cluster_yml():
     lab = lab_with({"distro": "rke", "etcd_snapshot_interval_hours": 12, "etcd_snapshot_retention": 3})
     cluster = yaml.safe_load(render.rke_cluster_yml(lab, "/home/labctl/.ssh/k"))
