@@ -90,8 +90,9 @@ def _node_registration(lab: Lab, node: Node, *, control_plane: bool) -> dict[str
         "name": node.name,
         "kubeletExtraArgs": _args(lab.kubernetes, {"node-ip": str(node.ip)}),
     }
-    # A master that is also a worker takes pods; a pure master keeps kubeadm's default taint.
-    if control_plane and node.has_role(Role.worker):
+    # A pure master keeps kubeadm's default control-plane taint while some worker-role node takes the
+    # workloads; a master that is also a worker, or any master of a lab of masters only, takes pods.
+    if control_plane and (node.has_role(Role.worker) or not lab.nodes_with(Role.worker)):
         registration["taints"] = []
     return registration
 

@@ -149,6 +149,19 @@ def test_rke2_servers_are_tainted_only_when_a_worker_takes_the_workloads():
     assert "node-taint" not in yaml.safe_load(render.rke2_config(both, both.node("kube-master")))
 
 
+def test_kubeadm_masters_keep_the_default_taint_only_when_a_worker_takes_the_workloads():
+    lab = lab_with(SEED_001)
+    # No taints field: kubeadm applies its default control-plane taint.
+    assert "taints" not in by_kind(render.kubeadm_init_config(lab))["InitConfiguration"]["nodeRegistration"]
+    masters_only = lab_with(SEED_001, [NODES[0], {"name": "kube-master", "roles": ["master", "etcd"]},
+                                       {"name": "kube-master2", "roles": ["master", "etcd"]}])
+    init = by_kind(render.kubeadm_init_config(masters_only))["InitConfiguration"]
+    assert init["nodeRegistration"]["taints"] == []
+    join = render.JoinInfo("10.0.0.1:6443", "abcdef.0123456789abcdef", ("sha256:" + "b" * 64,), certificate_key="c" * 64)
+    (doc,) = schema.check_kubeadm_yaml(render.kubeadm_join_config(masters_only, masters_only.node("kube-master2"), join))
+    assert doc["nodeRegistration"]["taints"] == []
+
+
 def test_rke_cluster_yml():
     lab = lab_with({"distro": "rke", "etcd_snapshot_interval_hours": 12, "etcd_snapshot_retention": 3})
     cluster = yaml.safe_load(render.rke_cluster_yml(lab, "/home/labctl/.ssh/k"))
