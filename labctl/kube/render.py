@@ -83,6 +83,12 @@ def _cri_socket(kube: KubernetesConfig) -> str:
     return CRI_DOCKERD_SOCKET if kube.runtime == "docker" else CONTAINERD_SOCKET
 
 
+def dedicated_master(lab: Lab, node: Node) -> bool:
+    """A master without the worker role while some worker-role node takes the workloads: tainted against them.
+    In a lab of masters only the masters run the workloads (Rancher's cluster agent among them)."""
+    return not node.has_role(Role.worker) and bool(lab.nodes_with(Role.worker))
+
+
 def _node_registration(lab: Lab, node: Node, *, control_plane: bool) -> dict[str, Any]:
     registration: dict[str, Any] = {
         "criSocket": _cri_socket(lab.kubernetes),
@@ -90,9 +96,8 @@ def _node_registration(lab: Lab, node: Node, *, control_plane: bool) -> dict[str
         "name": node.name,
         "kubeletExtraArgs": _args(lab.kubernetes, {"node-ip": str(node.ip)}),
     }
-    # A pure master keeps kubeadm's default control-plane taint while some worker-role node takes the
-    # workloads; a master that is also a worker, or any master of a lab of masters only, takes pods.
-    if control_plane and (node.has_role(Role.worker) or not lab.nodes_with(Role.worker)):
+    # Only a dedicated master keeps kubeadm's default control-plane taint.
+    if control_plane and not dedicated_master(lab, node):
         registration["taints"] = []
     return registration
 
@@ -248,10 +253,9 @@ def rke2_config(lab: Lab, node: Node, *, server_url: str | None = None, token: s
             config["kube-controller-manager-arg"] = [f"node-cidr-mask-size={kube.node_cidr_mask_size}"]
         if proxy := _rke2_proxy_args(kube):
             config["kube-proxy-arg"] = proxy
-        if not node.has_role(Role.worker) and lab.nodes_with(Role.worker):
-            # A dedicated server, as https://docs.rke2.io/install/ha (2a, server node taints) taints one; CNI and
-            # CoreDNS tolerate it. RKE2's servers are schedulable by default: with no worker-role node to
-            # run workloads (Rancher's cluster agent among them), the servers stay untainted.
+        if dedicated_master(lab, node):
+            # The taint https://docs.rke2.io/install/ha (2a, server node taints) gives a dedicated server;
+            # CNI and CoreDNS tolerate it. RKE2's servers are schedulable by default.
             config["node-taint"] = ["CriticalAddonsOnly=true:NoExecute"]
     config["kubelet-arg"] = [
         f"max-pods={kube.kubelet.max_pods}",
