@@ -2,14 +2,15 @@
 
 The state lives in a data dir's file (RKE's and RKE2's doubles) or in the etcd double kubeadm's
 static pods run (tests/doubles/etcd.py), which the API servers of several masters share.
-Who may do what mirrors the real API: the admin credential (admin.conf) reads and writes
-everything; RKE2's server token also fetches the bootstrap data a joining server needs; a bootstrap token (issued by `kubeadm init` / `kubeadm token create`) only fetches
-the kubelet config and kubeadm's kubeadm-config and kubeadm-certs (encrypted with the certificate
-key, which the API never sees) and trades itself for a node credential; a node credential registers
-and heartbeats its own node only, and reads nodes, pods and objects (what a kubelet reads to run the
-pods placed on it). Nodes are Ready while their kubelet heartbeats and a CNI DaemonSet whose pod
-network equals the cluster's pod subnet has been applied. Pods go, as the scheduler places them, only to
-Ready nodes whose NoSchedule and NoExecute taints their template tolerates; with none they stay Pending.
+Who may do what mirrors the real API: the admin credential (admin.conf) reads and writes everything;
+RKE2's server token also fetches the bootstrap data a joining server needs; a bootstrap token
+(issued by `kubeadm init` / `kubeadm token create`) only fetches the kubelet config and kubeadm's
+kubeadm-config and kubeadm-certs (encrypted with the certificate key, which the API never sees) and
+trades itself for a node credential; a node credential registers and heartbeats its own node only,
+and reads nodes, pods and objects (what a kubelet reads to run the pods placed on it). Nodes are
+Ready while their kubelet heartbeats and a CNI DaemonSet whose pod network equals the cluster's pod
+subnet has been applied. Pods go, as the scheduler places them, only to Ready nodes whose NoSchedule
+and NoExecute taints their template tolerates; with none they stay Pending.
 """
 
 from __future__ import annotations
