@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -58,6 +59,9 @@ def _not_found(exc: libvirt.libvirtError) -> bool:
 class Hypervisor:
     def __init__(self, uri: str):
         self.uri = uri
+        # libvirtd refuses to refresh a pool while an upload into it runs ("asynchronous jobs
+        # running"), so uploads and the refresh after a copy never overlap between threads.
+        self._volume_writes = threading.RLock()
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -131,29 +135,32 @@ class Hypervisor:
         """Create a volume and fill it from source; a failed upload leaves no volume behind."""
         vol_xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
                    f"<target><format type='{fmt}'/></target></volume>")
-        vol = self._call(f"create volume {name}", pool.createXML, vol_xml, 0)
-        try:
-            stream = self.conn.newStream(0)
-            vol.upload(stream, 0, size, 0)
-            stream.sendAll(lambda _stream, nbytes, handle: handle.read(nbytes), source)
-            stream.finish()
-        except BaseException:
-            vol.delete(0)
-            raise
-        return vol.path()
+        with self._volume_writes:
+            vol = self._call(f"create volume {name}", pool.createXML, vol_xml, 0)
+            try:
+                stream = self.conn.newStream(0)
+                vol.upload(stream, 0, size, 0)
+                stream.sendAll(lambda _stream, nbytes, handle: handle.read(nbytes), source)
+                stream.finish()
+            except BaseException:
+                vol.delete(0)
+                raise
+            return vol.path()
 
     def copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str) -> str:
         """Copy a qcow2 volume's file as it is (a layer keeps its backing file) into another pool."""
         length = source.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
         stream = self.conn.newStream(0)
         self._call(f"read volume {source.name()}", source.download, stream, 0, length, 0)
-        try:
-            path = self.upload_volume(pool, name, _StreamReader(stream), length, "qcow2")
-            stream.finish()
-        except BaseException:
-            stream.abort()
-            raise
-        pool.refresh(0)
+        with self._volume_writes:
+            try:
+                path = self.upload_volume(pool, name, _StreamReader(stream), length, "qcow2")
+                stream.finish()
+            except BaseException:
+                stream.abort()
+                raise
+            # The volume was created empty; the refresh makes libvirt read its backing file.
+            self._call(f"refresh storage pool {pool.name()}", pool.refresh, 0)
         return path
 
     def volumes(self, pool: libvirt.virStoragePool) -> list[libvirt.virStorageVol]:

@@ -1,5 +1,8 @@
 """The libvirt wrapper against libvirt's own test driver: real libvirt code, no VMs."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import libvirt
 import pytest
 
@@ -112,3 +115,70 @@ def test_libvirt_errors_do_not_reach_stderr(hv, capfd):
     with pytest.raises(libvirt.libvirtError):
         hv.conn.lookupByName("does-not-exist")
     assert capfd.readouterr().err == ""
+
+
+class _BusyPool:
+    """A pool that, like libvirtd, refuses a refresh while an upload into it is in flight."""
+
+    def __init__(self):
+        self.uploading = 0
+        self.refreshes = 0
+
+    def name(self):
+        return "labctl-images"
+
+    def createXML(self, xml, _flags):
+        return _UploadedVolume(self, slow="layer-1" in xml)
+
+    def refresh(self, _flags):
+        if self.uploading:
+            raise libvirt.libvirtError("internal error: pool 'labctl-images' has asynchronous jobs running.")
+        self.refreshes += 1
+
+
+class _UploadedVolume:
+    def __init__(self, pool, slow):
+        self.pool = pool
+        self.slow = slow
+
+    def upload(self, stream, _offset, _length, _flags):
+        stream.upload = self
+        self.pool.uploading += 1
+
+    def path(self):
+        return "/pool/layer.qcow2"
+
+
+class _Stream:
+    upload = None
+
+    def sendAll(self, _handler, _source):
+        # The second copy's upload is still running when the first one has finished.
+        time.sleep(0.3 if self.upload.slow else 0)
+
+    def finish(self):
+        if self.upload:
+            self.upload.pool.uploading -= 1
+
+    def recv(self, _size):
+        return b""
+
+
+class _SourceVolume:
+    def infoFlags(self, _flags):
+        return (0, 0, 1024)
+
+    def download(self, *_args):
+        pass
+
+    def name(self):
+        return "layer"
+
+
+def test_parallel_copies_into_one_pool_never_refresh_during_an_upload(hv, monkeypatch):
+    pool = _BusyPool()
+    monkeypatch.setattr(hv.conn, "newStream", lambda _flags: _Stream())
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        copies = [workers.submit(hv.copy_volume, _SourceVolume(), pool, f"layer-{i}") for i in (1, 0)]
+        assert [copy.result() for copy in copies] == ["/pool/layer.qcow2"] * 2
+    assert pool.refreshes == 2
