@@ -150,9 +150,9 @@ class Hypervisor:
     def copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str) -> str:
         """Copy a qcow2 volume's file as it is (a layer keeps its backing file) into another pool."""
         length = source.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
-        stream = self.conn.newStream(0)
-        self._call(f"read volume {source.name()}", source.download, stream, 0, length, 0)
         with self._volume_writes:
+            stream = self.conn.newStream(0)
+            self._call(f"read volume {source.name()}", source.download, stream, 0, length, 0)
             try:
                 path = self.upload_volume(pool, name, _StreamReader(stream), length, "qcow2")
                 stream.finish()
