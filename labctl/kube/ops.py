@@ -19,6 +19,11 @@ SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 KUBEADM_SNAPSHOT_DIR = "/var/lib/labctl/etcd-snapshots"
 RKE_SNAPSHOT_DIR = "/opt/rke/etcd-snapshots"
 RKE2_SNAPSHOT_DIR = "/var/lib/rancher/rke2/server/db/snapshots"
+# What a kubeadm restore leaves beside the cluster: the data dir it replaced, and (if it failed
+# midway) the stopped manifests and the half-restored dir. `reset --kubernetes` removes them.
+KUBEADM_BEFORE_RESTORE = "/var/lib/etcd.before-restore"
+KUBEADM_STOPPED_MANIFESTS = "/etc/kubernetes/manifests-stopped"
+KUBEADM_RESTORE_PREFIX = "/var/lib/etcd-restore-"
 
 
 def _require_cluster(lab: Lab) -> None:
@@ -129,19 +134,29 @@ def snapshot_restore(lab: Lab, executors: dict[str, Executor], name: str, report
                            resolution="follow https://kubernetes.io/docs/tasks/administer-cluster/configure-upgrade-etcd/#restoring-an-etcd-cluster")
     # https://kubernetes.io/docs/tasks/administer-cluster/configure-upgrade-etcd/#restoring-an-etcd-cluster:
     # stop the static pods, restore into a fresh data dir with etcdutl from the etcd image, swap dirs, restart.
-    restored = f"/var/lib/etcd-restore-{name}"
+    # The kubelet stops a pod some seconds after its manifest left, and a kubelet restart keeps running
+    # containers: etcd must be gone before its data dir moves, or it keeps serving the old data.
+    # The restored member keeps the manifest's name and peer URL (etcdutl's defaults are default/localhost).
+    restored = f"{KUBEADM_RESTORE_PREFIX}{name}"
     run_script(executors[masters[0].name], f"""set -euo pipefail
 test -f {KUBEADM_SNAPSHOT_DIR}/{name}.db
-image=$(awk '/image:.*etcd/ {{print $2; exit}}' /etc/kubernetes/manifests/etcd.yaml)
-mkdir -p /etc/kubernetes/manifests-stopped
-mv /etc/kubernetes/manifests/*.yaml /etc/kubernetes/manifests-stopped/
+manifest=/etc/kubernetes/manifests/etcd.yaml
+image=$(awk '/image:.*etcd/ {{print $2; exit}}' "$manifest")
+flag() {{ sed -n "s/^ *- --$1=//p" "$manifest" | head -n1; }}
+member=$(flag name) peer_urls=$(flag initial-advertise-peer-urls)
+mkdir -p {KUBEADM_STOPPED_MANIFESTS}
+mv /etc/kubernetes/manifests/*.yaml {KUBEADM_STOPPED_MANIFESTS}/
+running() {{ crictl ps --name etcd -q; crictl ps --name kube-apiserver -q; }}
+for _ in $(seq 90); do [ -z "$(running)" ] && break; sleep 2; done
+if [ -n "$(running)" ]; then echo 'etcd and kube-apiserver still run 180 s after their manifests left' >&2; exit 1; fi
 rm -rf {restored}
 ctr -n k8s.io run --rm --mount type=bind,src=/var/lib,dst=/var/lib,options=rbind:rw "$image" labctl-etcd-restore \\
-  etcdutl snapshot restore {KUBEADM_SNAPSHOT_DIR}/{name}.db --data-dir {restored}
-rm -rf /var/lib/etcd.before-restore
-mv /var/lib/etcd /var/lib/etcd.before-restore
+  etcdutl snapshot restore {KUBEADM_SNAPSHOT_DIR}/{name}.db --data-dir {restored} \\
+  --name "$member" --initial-cluster "$member=$peer_urls" --initial-advertise-peer-urls "$peer_urls"
+rm -rf {KUBEADM_BEFORE_RESTORE}
+mv /var/lib/etcd {KUBEADM_BEFORE_RESTORE}
 mv {restored} /var/lib/etcd
-mv /etc/kubernetes/manifests-stopped/*.yaml /etc/kubernetes/manifests/
+mv {KUBEADM_STOPPED_MANIFESTS}/*.yaml /etc/kubernetes/manifests/
 systemctl restart kubelet
 """, timeout=3600)
 
@@ -153,8 +168,10 @@ def reset_kubernetes(lab: Lab, executors: dict[str, Executor], state_dir: Path, 
     cluster_nodes = [n for n in lab.nodes if n.name in cluster.cluster_node_names(lab)]
     if kube.distro == "kubeadm":
         socket = render.CRI_DOCKERD_SOCKET if kube.runtime == "docker" else render.CONTAINERD_SOCKET
+        # kubeadm reset empties /var/lib/etcd only; an earlier restore's copies hold the old cluster's data.
         command = (f"if command -v kubeadm >/dev/null; then kubeadm reset -f --cri-socket {socket}; fi; "
-                   "rm -rf /etc/cni/net.d /etc/labctl/kubeadm*.yaml /etc/labctl/cni.yaml")
+                   "rm -rf /etc/cni/net.d /etc/labctl/kubeadm*.yaml /etc/labctl/cni.yaml "
+                   f"{KUBEADM_BEFORE_RESTORE} {KUBEADM_STOPPED_MANIFESTS} {KUBEADM_RESTORE_PREFIX}*")
         in_parallel(cluster_nodes, lambda n: sh(executors[n.name], command, timeout=900), "kubeadm reset")
         balancer = render.api_balancer(lab)
         if balancer is not None:

@@ -73,9 +73,10 @@ def cni_manifest(cni: str) -> str:
 
 
 def kubeadm_artifacts(root: Path, version: str, *, cni: str = "canal", fail: str | None = None,
-                      runtime: str = "containerd") -> Path:
-    """DIR/kubeadm/<version>/bin/{kubeadm,kubelet,kubectl,crictl}, an empty images dir, DIR/cni/<cni>.yaml;
-    DIR/cri-dockerd/bin/cri-dockerd for runtime docker."""
+                      runtime: str = "containerd", cache: Path | None = None) -> Path:
+    """DIR/kubeadm/<version>/bin/{kubeadm,kubelet,kubectl,crictl}, DIR/kubeadm/<version>/images, DIR/cni/<cni>.yaml;
+    DIR/cri-dockerd/bin/cri-dockerd for runtime docker. With cache (the host's apt builds it), images holds
+    the etcd image, whose etcdutl restores snapshots (tests/doubles/image.py); without, images is empty."""
     behaviour = {"version": version, **({"fail": fail} if fail else {})}
     base = artifacts.kubeadm_dir(root, version)
     for tool in ("kubeadm", "kubelet", "kubectl", "crictl"):
@@ -83,6 +84,9 @@ def kubeadm_artifacts(root: Path, version: str, *, cni: str = "canal", fail: str
     if runtime == "docker":
         build("cri_dockerd", root / "cri-dockerd" / "bin" / "cri-dockerd", {"version": "0.3.20"})
     (base / "images").mkdir(exist_ok=True)
+    if cache is not None:
+        from . import image  # only the restore needs the host's apt
+        image.write_image(image.etcd_image(), artifacts.image_tarball(base / "images", image.ETCD_IMAGE), cache=cache)
     (root / "cni").mkdir(parents=True, exist_ok=True)
     (root / "cni" / f"{cni}.yaml").write_text(cni_manifest(cni))
     return root
@@ -248,5 +252,6 @@ def rancher_artifacts(root: Path, *, version: str = compat.DEFAULT_RANCHER,
 def rancher_docker_artifacts(root: Path, *, cache: Path, version: str = compat.DEFAULT_RANCHER) -> Path:
     """DIR/images/rancher_rancher_<version>.tar: the Rancher double's container image (tests/doubles/image.py)."""
     from . import image  # only docker-mode tests need the host's apt
-    image.rancher_image(artifacts.image_tarball(root / "images", f"rancher/rancher:{version}"), version, cache=cache)
+    image.write_image(image.rancher_image(version), artifacts.image_tarball(root / "images", f"rancher/rancher:{version}"),
+                      cache=cache)
     return root

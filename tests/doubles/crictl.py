@@ -1,5 +1,5 @@
 """crictl double: `ps --name N -q` lists the kubelet double's running static pods; `exec ID etcdctl ...
-snapshot save PATH` in the etcd pod writes the API server double's state as the snapshot.
+snapshot save PATH` in the etcd pod writes the etcd double's keyspace as the snapshot.
 
 Like the real etcd container, the exec sees only the etcd pod's mounts (its data dir and
 /etc/kubernetes/pki/etcd): the certificates must be there, and PATH must be inside the data dir.
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import apiserver
+from . import etcd
 from .common import die, parse_flags, record
 
 TOOL = "crictl"
@@ -52,9 +52,7 @@ def etcdctl(data_dir: str, argv: list[str]) -> None:
     target = Path(words[2])
     if Path(data_dir) not in target.parents:
         die(TOOL, f"Error: could not open {target}.part (open {target}.part: no such file or directory)")
-    state = apiserver.read_state(data_dir)
-    target.write_text(json.dumps({"etcd-snapshot-of": state["cluster"], "nodes": sorted(state["nodes"]),
-                                  "objects": len(state["objects"])}))
+    target.write_text(etcd.snapshot(data_dir))
     record(TOOL, command="snapshot save", path=str(target))
     print(f"Snapshot saved at {target}")
 

@@ -7,10 +7,15 @@ data in --data-dir. A member that joined (--initial-cluster-state existing, afte
 MemberAdd) keeps no copy: it forwards every call to the first member's peer URL over the lab
 network, so every API server serves the same data. There is no Raft: no quorum, no failover;
 the first member is the only copy. Plain HTTP on the URLs the manifest names with https.
+
+A snapshot (etcdctl snapshot save in the crictl double) is the whole keyspace with its checksum;
+`etcdutl snapshot restore` (etcdutl.py, in the etcd image) makes a fresh data dir of it with the
+membership its flags name, as etcdutl does; the member started on that dir publishes its client URLs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import urllib.error
@@ -25,6 +30,7 @@ from .common import api, close, record, serve_in_background
 
 MEMBERS_FILE = "labctl-double-etcd-members.json"
 CLIENT_PORT, PEER_PORT = 2379, 2380
+SNAPSHOT_FORMAT = "labctl-double-etcd-snapshot/v1"
 
 
 def _urls(text: str) -> list[str]:
@@ -85,6 +91,11 @@ class Member:
             members_path = self.data_dir / MEMBERS_FILE
             if not members_path.exists():
                 self._write_members([{"name": self.name, "peerURLs": [self.peer_url], "clientURLs": [self.client_url]}])
+            else:
+                # A data dir that exists decides the membership (the --initial-* flags are ignored); the member
+                # publishes its name and client URLs, as etcd does on every start.
+                self._write_members([{**m, "name": self.name, "clientURLs": [self.client_url]}
+                                     if self.peer_url in m["peerURLs"] else m for m in self.members()])
         handler = type("Handler", (_Handler,), {"member": self})
         self.listeners = []
         for url in {*_urls(flags["listen-client-urls"]), *_urls(flags["listen-peer-urls"])}:
@@ -134,6 +145,35 @@ class Member:
                 record("etcd", event="member add", name=body["name"], peer_urls=body["peerURLs"])
                 return 201, {"members": members}
         return 404, {"message": f"this etcd double has no {method} {path}"}
+
+
+def snapshot(data_dir: Path | str) -> str:
+    """The snapshot file's text: the keyspace and its SHA-256, which etcdutl checks before restoring."""
+    state = json.dumps(apiserver.read_state(data_dir), sort_keys=True)
+    return json.dumps({"format": SNAPSHOT_FORMAT, "state": json.loads(state),
+                       "sha256": hashlib.sha256(state.encode()).hexdigest()})
+
+
+def read_snapshot(path: Path) -> dict[str, Any]:
+    """The keyspace of a snapshot file; ValueError for anything etcdctl did not write whole."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:
+        raise ValueError(f"snapshot file {path} is not an etcd snapshot (it has no valid database)") from None
+    if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT or "state" not in data:
+        raise ValueError(f"snapshot file {path} is not an etcd snapshot (it has no valid database)")
+    digest = hashlib.sha256(json.dumps(data["state"], sort_keys=True).encode()).hexdigest()
+    if digest != data.get("sha256"):
+        raise ValueError(f"expected sha256 {data.get('sha256')}, got {digest}")
+    return data["state"]
+
+
+def restore(data_dir: Path, state: dict[str, Any], members: dict[str, str]) -> None:
+    """A fresh data dir holding state, its membership members (name: peer URL) as etcdutl writes it."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    apiserver.write_state(data_dir, state)
+    (data_dir / MEMBERS_FILE).write_text(json.dumps(
+        [{"name": name, "peerURLs": [url], "clientURLs": []} for name, url in members.items()]))
 
 
 def forward(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -51,6 +51,7 @@ TOOLS_WANTED = ("socat", "ethtool")
 CONTROL_PLANE_PORTS = (6443, 10259, 10257, 2379, 2380)
 KUBELET_PORT = 10250
 PAUSE = "registry.k8s.io/pause:3.10.1"
+ETCD_TAG = "3.6.5-0"
 TOOL = "kubeadm"
 
 
@@ -61,7 +62,7 @@ def own_version() -> str:
 def images(version: str) -> list[str]:
     return [f"registry.k8s.io/kube-apiserver:{version}", f"registry.k8s.io/kube-controller-manager:{version}",
             f"registry.k8s.io/kube-scheduler:{version}", f"registry.k8s.io/kube-proxy:{version}",
-            "registry.k8s.io/coredns/coredns:v1.12.4", PAUSE, "registry.k8s.io/etcd:3.6.5-0"]
+            "registry.k8s.io/coredns/coredns:v1.12.4", PAUSE, f"registry.k8s.io/etcd:{ETCD_TAG}"]
 
 
 def minor(version: str) -> tuple[int, int]:
@@ -188,7 +189,7 @@ def control_plane_manifests(cluster: dict[str, Any], advertise: str, port: int) 
 def etcd_manifest(registry: str, name: str, advertise: str, data_dir: str, members: dict[str, str], state: str) -> str:
     """The etcd member's static pod; a joining member names every member and cluster state `existing`."""
     flags = etcd.member_flags(name, data_dir, advertise, members, state)
-    return static_pod("etcd", f"{registry}/etcd:3.6.5-0", [
+    return static_pod("etcd", f"{registry}/etcd:{ETCD_TAG}", [
         "etcd", *(f"--{flag}={value}" for flag, value in flags.items()),
         "--cert-file=/etc/kubernetes/pki/etcd/server.crt", "--key-file=/etc/kubernetes/pki/etcd/server.key"])
 

@@ -444,35 +444,41 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps_its_state(tmp_path):
-    """The docker-mode image, run here in a chroot: what `docker run --privileged -v ...` gives its entry point."""
+def unpacked_image(archive, rootfs) -> tuple[dict, dict]:
+    """A `docker save` archive's manifest entry and image config, its one layer unpacked into rootfs
+    (checked against the config's diff_id, as `docker load` and `ctr images import` check it)."""
     import hashlib
     import io
-    import json
     import os
-    import shutil
     import tarfile
+
+    if os.geteuid() != 0:
+        pytest.fail("chroot needs root (the e2e tests need it too)")
+    with tarfile.open(archive) as outer:
+        manifest, = json.load(outer.extractfile("manifest.json"))
+        config = json.load(outer.extractfile(manifest["Config"]))
+        layer = outer.extractfile(manifest["Layers"][0]).read()
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        tar.extractall(rootfs)
+    return manifest, config
+
+
+def test_rancher_image_is_a_docker_archive_that_serves_only_privileged_and_keeps_its_state(tmp_path):
+    """The docker-mode image, run here in a chroot: what `docker run --privileged -v ...` gives its entry point."""
+    import shutil
 
     from labctl.errors import CommandFailed
     from labctl.kube.rancher import RancherAPI, wait_up
     from tests.doubles import image
     from tests.e2e.harness import persistent_cache
 
-    if os.geteuid() != 0:
-        pytest.fail("chroot needs root (the e2e tests need it too)")
     root = build.rancher_docker_artifacts(tmp_path / "artifacts", cache=persistent_cache(), version="v2.11.3")
-    archive = root / "images" / "rancher_rancher_v2.11.3.tar"
-    with tarfile.open(archive) as outer:
-        manifest, = json.load(outer.extractfile("manifest.json"))
-        config = json.load(outer.extractfile(manifest["Config"]))
-        layer = outer.extractfile(manifest["Layers"][0]).read()
-    assert manifest["RepoTags"] == ["rancher/rancher:v2.11.3"]
-    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
-    assert config["config"] == image.image_config("v2.11.3")
-    assert set(config["config"]["ExposedPorts"]) == {"80/tcp", "443/tcp"} and "/var/lib/rancher" in config["config"]["Volumes"]
     rootfs = tmp_path / "rootfs"
-    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        tar.extractall(rootfs)
+    manifest, config = unpacked_image(root / "images" / "rancher_rancher_v2.11.3.tar", rootfs)
+    assert manifest["RepoTags"] == ["rancher/rancher:v2.11.3"]
+    assert config["config"] == image.rancher_config("v2.11.3")
+    assert set(config["config"]["ExposedPorts"]) == {"80/tcp", "443/tcp"} and "/var/lib/rancher" in config["config"]["Volumes"]
     entrypoint = config["config"]["Entrypoint"]
     https_port, http_port = free_port(), free_port()
     argv = [shutil.which("chroot") or "chroot", str(rootfs), entrypoint[0], f"--http-listen-port={http_port}", f"--https-listen-port={https_port}"]
@@ -669,6 +675,84 @@ def test_rke2_cluster_reset_leaves_one_member_and_the_second_rejoins_with_its_db
     second = rke2_servers.join_second(first)
     assert "after" not in [o["metadata"]["name"] for o in api(second, "GET", "/objects", credential=admin)["items"]]
     assert [m["name"] for m in api(second, "GET", "/etcd-members", credential=admin)["members"]] == ["m1", "m2"]
+
+
+def test_etcdutl_restores_only_a_whole_snapshot_into_an_empty_dir_and_etcd_serves_it(tmp_path, capsys):
+    from tests.doubles import etcdutl
+
+    state = apiserver.initial_state(cluster={"name": "c"}, ca_pem=new_ca(), admin_credential="admin-secret")
+    apiserver.write_state(tmp_path / "etcd", state)
+    snapshot = tmp_path / "snap.db"
+    snapshot.write_text(etcd.snapshot(tmp_path / "etcd"))
+    apiserver.write_state(tmp_path / "etcd", {**state, "tokens": {"after.snapshot": {}}})
+
+    def refused(argv, message):
+        with pytest.raises(SystemExit):
+            etcdutl.main(argv)
+        assert message in capsys.readouterr().err
+
+    client, peer = free_port(), free_port()
+    member = ["--name", "m1", "--initial-cluster", f"m1=https://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+              f"https://127.0.0.1:{peer}"]
+    refused(["snapshot", "restore", str(snapshot), "--data-dir", str(tmp_path / "etcd"), *member],
+            f'Error: data-dir "{tmp_path / "etcd"}" not empty or could not be read')
+    tampered = tmp_path / "tampered.db"
+    tampered.write_text(snapshot.read_text().replace('"name": "c"', '"name": "d"'))
+    refused(["snapshot", "restore", str(tampered), "--data-dir", str(tmp_path / "new")], "Error: expected sha256")
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    refused(["snapshot", "restore", str(tmp_path / "state.json"), "--data-dir", str(tmp_path / "new")], "is not an etcd snapshot")
+    refused(["snapshot", "restore", str(snapshot), "--data-dir", str(tmp_path / "new"), "--name", "m2"],
+            'couldn\'t find local name "m2" in the initial cluster configuration')
+    assert not (tmp_path / "new").exists()
+
+    # Without member flags, etcd's defaults name the member (the snapshot's membership is dropped).
+    etcdutl.main(["snapshot", "restore", str(snapshot), "--data-dir", str(tmp_path / "default")])
+    assert [m["name"] for m in json.loads((tmp_path / "default" / etcd.MEMBERS_FILE).read_text())] == ["default"]
+    (tmp_path / "restored").mkdir()  # an empty dir is fine
+    etcdutl.main(["snapshot", "restore", str(snapshot), "--data-dir", str(tmp_path / "restored"), *member])
+    logged = [json.loads(line) for line in (common.LOG_DIR / "etcdutl.log").read_text().splitlines()]
+    assert sum("error" in e for e in logged) == 4
+    assert [e["data_dir"] for e in logged if e.get("command") == "snapshot restore"] == [
+        str(tmp_path / "default"), str(tmp_path / "restored")]
+
+    served = etcd.Member(etcd_flags("m1", tmp_path / "restored", client, peer, {"m1": peer}, "new"))
+    served.start()
+    try:
+        assert etcd.forward(f"https://127.0.0.1:{client}", "GET", "/state")[1]["state"] == state
+        # The member on the restored dir publishes its client URLs (etcdutl wrote none).
+        members = etcd.forward(f"https://127.0.0.1:{client}", "GET", "/members")[1]["members"]
+    finally:
+        served.stop()
+    assert members == [{"name": "m1", "peerURLs": [f"https://127.0.0.1:{peer}"], "clientURLs": [f"https://127.0.0.1:{client}"]}]
+
+
+def test_etcd_image_runs_etcdutl_under_the_tag_of_kubeadms_etcd_manifest(tmp_path):
+    """The etcd image of the kubeadm artifacts, run in a chroot as labctl's `ctr run` runs it, /var/lib the node's."""
+    import shutil
+
+    from labctl.kube import artifacts
+    from tests.e2e.harness import persistent_cache
+
+    root = build.kubeadm_artifacts(tmp_path / "artifacts", "v1.35.3", cache=persistent_cache())
+    pod = yaml.safe_load(kubeadm.etcd_manifest("registry.k8s.io", "m1", "127.0.0.1", "/var/lib/etcd", {}, "new"))
+    tag = pod["spec"]["containers"][0]["image"]
+    archive = artifacts.image_tarball(artifacts.kubeadm_dir(root, "v1.35.3") / "images", tag)
+    rootfs = tmp_path / "rootfs"
+    manifest, config = unpacked_image(archive, rootfs)
+    assert manifest["RepoTags"] == [tag] == ["registry.k8s.io/etcd:3.6.5-0"]
+    state = apiserver.initial_state(cluster={"name": "c"}, ca_pem=new_ca(), admin_credential="admin-secret")
+    apiserver.write_state(rootfs / "var/lib/etcd", state)
+    (rootfs / "var/lib/labctl/etcd-snapshots").mkdir(parents=True)
+    (rootfs / "var/lib/labctl/etcd-snapshots/s.db").write_text(etcd.snapshot(rootfs / "var/lib/etcd"))
+    env = dict(entry.split("=", 1) for entry in config["config"]["Env"])
+    run = subprocess.run([shutil.which("chroot") or "chroot", str(rootfs), "etcdutl", "snapshot", "restore",
+                          "/var/lib/labctl/etcd-snapshots/s.db", "--data-dir", "/var/lib/etcd-restore-s"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    assert apiserver.read_state(rootfs / "var/lib/etcd-restore-s") == state
+    # The call log is under /var/lib, which labctl's `ctr run` bind-mounts from the node.
+    logged, = (rootfs / "var/lib/labctl-doubles/log/etcdutl.log").read_text().splitlines()
+    assert json.loads(logged)["snapshot"] == "/var/lib/labctl/etcd-snapshots/s.db"
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from labctl.kube import artifacts, compat, rancher
-from tests.doubles import build
+from tests.doubles import build, image
 from tests.e2e.harness import persistent_cache
 from tests.e2e.labs import ok
 
@@ -74,9 +74,11 @@ def on(labctl, lab_file: Path, node: str, command: str) -> str:
     return ok(labctl("ssh", str(lab_file), node, "--", "sh", "-c", command, timeout=300)).stdout
 
 
-def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = False) -> list[dict]:
-    """The JSON lines a double logged on a node: root's calls under /var/log, a user's under ~."""
-    path = f"~/.labctl-doubles/log/{tool}.log" if user else f"/var/log/labctl-doubles/{tool}.log"
+def double_log(labctl, lab_file: Path, node: str, tool: str, *, user: bool = False,
+               log_dir: str = "/var/log/labctl-doubles") -> list[dict]:
+    """The JSON lines a double logged on a node: root's calls under log_dir (/var/log unless the double ran
+    in a container that logs elsewhere), a user's under ~."""
+    path = f"~/.labctl-doubles/log/{tool}.log" if user else f"{log_dir}/{tool}.log"
     text = on(labctl, lab_file, node, f"sudo cat {path}" if not user else f"cat {path}")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -119,7 +121,8 @@ def local_repos(lab_file: Path, host_labctl) -> None:
 
 @pytest.fixture(scope="module")
 def kubeadm_lab(netns, labctl, labctl_home, lab_file, debian_image, local_repos):
-    build.kubeadm_artifacts(labctl_home / "artifacts-kubeadm", KUBEADM_VERSION)
+    # With the etcd image (the etcdutl double) that `up` imports into containerd, for the restore.
+    build.kubeadm_artifacts(labctl_home / "artifacts-kubeadm", KUBEADM_VERSION, cache=persistent_cache())
     start = time.monotonic()
     up = labctl("up", str(lab_file), timeout=3600)
     seconds = time.monotonic() - start
@@ -205,8 +208,29 @@ def test_etcd_snapshot_save_and_list(labctl, lab_file, kubeadm_lab):
     listing = ok(labctl("etcd", "snapshot", "list", str(lab_file))).stdout
     assert "before-change.db" in listing
     snapshot = json.loads(on(labctl, lab_file, "kube-master", "sudo cat /var/lib/labctl/etcd-snapshots/before-change.db"))
-    assert snapshot["nodes"] == ["kube-master", "kube-worker"]
-    assert snapshot["etcd-snapshot-of"]["pod_subnet"] == "10.244.0.0/21"
+    assert sorted(snapshot["state"]["nodes"]) == ["kube-master", "kube-worker"]
+    assert snapshot["state"]["cluster"]["pod_subnet"] == "10.244.0.0/21"
+
+
+def test_etcd_snapshot_restore_runs_etcdutl_of_the_imported_etcd_image(labctl, lab_file, kubeadm_lab):
+    restore_drops_what_came_after(labctl, lab_file, "kube-master", "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf",
+                                  "kubeadm-restore-point")
+    # etcdutl is only in the etcd image `up` imported into containerd; under `ctr run` it logged through
+    # the node's /var/lib that labctl bind-mounts.
+    assert image.ETCD_IMAGE in on(labctl, lab_file, "kube-master", "sudo ctr -n k8s.io images ls -q").split()
+    assert on(labctl, lab_file, "kube-master", "command -v etcdutl || echo none") == "none\n"
+    restored, = [e for e in double_log(labctl, lab_file, "kube-master", "etcdutl", log_dir=image.ETCD_IMAGE_LOG)
+                 if e.get("command") == "snapshot restore"]
+    assert restored["snapshot"] == "/var/lib/labctl/etcd-snapshots/kubeadm-restore-point.db"
+    assert restored["data_dir"] == "/var/lib/etcd-restore-kubeadm-restore-point"
+    # The member keeps its name and peer URL from etcd.yaml, and the snapshot held both nodes.
+    assert restored["members"] == {"kube-master": f"https://{MASTER_IP}:2380"}
+    assert restored["nodes"] == ["kube-master", "kube-worker"]
+    # The kubelet started etcd again after the restore, on the restored dir.
+    started = [e for e in double_log(labctl, lab_file, "kube-master", "etcd") if e.get("event") == "start"]
+    assert started[-1]["time"] > restored["time"]
+    # The data dir it replaced stays beside it (until `reset --kubernetes`).
+    assert on(labctl, lab_file, "kube-master", "sudo ls /var/lib/etcd.before-restore") != ""
 
 
 def test_up_again_keeps_the_cluster(labctl, lab_file, kubeadm_lab):
@@ -221,6 +245,8 @@ def test_failed_kubeadm_init_fails_up_naming_the_step(labctl, labctl_home, lab_f
     ok(labctl("reset", str(lab_file), "--kubernetes", timeout=900))
     resets = [e for e in double_log(labctl, lab_file, "kube-worker", "kubeadm") if e.get("command") == "reset"]
     assert len(resets) == 1
+    # kubeadm reset emptied /var/lib/etcd; labctl removed the data dir the restore replaced.
+    assert on(labctl, lab_file, "kube-master", "sudo ls -A /var/lib/etcd; ls -d /var/lib/etcd*") == "/var/lib/etcd\n"
     assert labctl("kubeconfig", str(lab_file)).returncode != 0
     failing = build.kubeadm_artifacts(labctl_home / "artifacts-failing", KUBEADM_VERSION, fail="init")
     write_lab(lab_file, {**KUBEADM, "artifacts": str(failing)})

@@ -106,6 +106,25 @@ def test_kubeadm_restore_failure_raises():
         ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "missing", QuietReporter())
 
 
+def test_kubeadm_restore_waits_for_etcd_to_stop_and_keeps_the_member():
+    nodes = fleet()
+    ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "snap1", QuietReporter())
+    (script,) = [stdin.decode() for command, _, stdin in nodes["kube-master"].commands if command == "bash -s"]
+    lines = script.splitlines()
+    moved = lines.index("mv /etc/kubernetes/manifests/*.yaml /etc/kubernetes/manifests-stopped/")
+    waited = next(i for i, line in enumerate(lines) if line.startswith("for _ in") and "$(running)" in line)
+    restored = next(i for i, line in enumerate(lines) if line.startswith("ctr -n k8s.io run --rm"))
+    swapped = lines.index("mv /var/lib/etcd /var/lib/etcd.before-restore")
+    # A kubelet restart keeps running containers: etcd is gone before its data dir moves.
+    assert moved < waited < restored < swapped
+    assert "crictl ps --name etcd -q; crictl ps --name kube-apiserver -q" in script
+    assert lines[restored + 1].strip() == ("etcdutl snapshot restore /var/lib/labctl/etcd-snapshots/snap1.db "
+                                           "--data-dir /var/lib/etcd-restore-snap1 \\")
+    # Without these, etcdutl names the member `default` on http://localhost:2380.
+    assert '--name "$member" --initial-cluster "$member=$peer_urls" --initial-advertise-peer-urls "$peer_urls"' in script
+    assert lines[-1] == "systemctl restart kubelet"
+
+
 def test_reset_kubeadm_and_rancher(tmp_path):
     (tmp_path / "kubeconfig").write_text("x")
     (tmp_path / "rancher-bootstrap-password").write_text("p")
@@ -113,6 +132,9 @@ def test_reset_kubeadm_and_rancher(tmp_path):
     ops.reset_kubernetes(lab_with({"distro": "kubeadm", "version": "v1.34.2", "rancher": {"enabled": True}}),
                          nodes, tmp_path, QuietReporter())
     assert nodes["kube-master"].ran("kubeadm reset -f") and nodes["kube-worker"].ran("kubeadm reset -f")
+    # kubeadm reset empties /var/lib/etcd only: the data dir a restore replaced (the old cluster's) goes too.
+    (reset,) = nodes["kube-master"].ran("kubeadm reset -f")
+    assert "/var/lib/etcd.before-restore /etc/kubernetes/manifests-stopped /var/lib/etcd-restore-*" in reset
     assert nodes["rancher-host"].ran("rke2-uninstall.sh")
     assert not (tmp_path / "kubeconfig").exists() and not (tmp_path / "rancher-bootstrap-password").exists()
 
