@@ -177,9 +177,11 @@ def init(lab: Lab, executor: Executor, reporter: Reporter) -> None:
     remote.sh(executor, f"kubeadm init --config {render.KUBEADM_CONFIG_PATH}{upload}", timeout=1800)
 
 
-def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: float = 300) -> None:
+def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: float = 300,
+                  after: str = "kubeadm init") -> None:
     """Wait until admin.conf's server (the controlPlaneEndpoint) answers. Behind haproxy the first master
-    counts only once the balancer's health checks pass, seconds after `kubeadm init` returns."""
+    counts only once the balancer's health checks pass, seconds after `kubeadm init` returns; after a
+    restore, the kubelet has yet to start etcd and the API server again."""
     control = admin_control(lab)
     endpoint = f"{render.api_host(lab)}:{render.API_PORT}"
     reporter.phase(control.node, "kubeadm", f"waiting for the API at {endpoint}")
@@ -187,7 +189,7 @@ def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: 
         return
     balancer = render.api_balancer(lab)
     raise WaitTimeout(
-        f"the API server did not answer at {endpoint} within {timeout:.0f} s of kubeadm init",
+        f"the API server did not answer at {endpoint} within {timeout:.0f} s of {after}",
         resolution=(f"look at haproxy on {balancer.name} (systemctl status haproxy, /etc/haproxy/haproxy.cfg) "
                     "and the rancher node's firewall" if balancer is not None else
                     f"look at the kubelet and the static pods on {control.node} (journalctl -u kubelet)"),

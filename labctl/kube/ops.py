@@ -138,7 +138,8 @@ def snapshot_restore(lab: Lab, executors: dict[str, Executor], name: str, report
     # containers: etcd must be gone before its data dir moves, or it keeps serving the old data.
     # The restored member keeps the manifest's name and peer URL (etcdutl's defaults are default/localhost).
     restored = f"{KUBEADM_RESTORE_PREFIX}{name}"
-    run_script(executors[masters[0].name], f"""set -euo pipefail
+    executor = executors[masters[0].name]
+    run_script(executor, f"""set -euo pipefail
 test -f {KUBEADM_SNAPSHOT_DIR}/{name}.db
 manifest=/etc/kubernetes/manifests/etcd.yaml
 image=$(awk '/image:.*etcd/ {{print $2; exit}}' "$manifest")
@@ -159,6 +160,7 @@ mv {restored} /var/lib/etcd
 mv {KUBEADM_STOPPED_MANIFESTS}/*.yaml /etc/kubernetes/manifests/
 systemctl restart kubelet
 """, timeout=3600)
+    kubeadm.wait_endpoint(lab, executor, reporter, after="the restore")
 
 
 def reset_kubernetes(lab: Lab, executors: dict[str, Executor], state_dir: Path, reporter: Reporter) -> None:

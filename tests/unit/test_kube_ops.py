@@ -3,10 +3,11 @@
 import pytest
 import yaml
 
-from labctl.errors import InvalidInput, LabctlError
-from labctl.kube import ops
+from labctl.errors import InvalidInput, LabctlError, WaitTimeout
+from labctl.kube import ops, remote
 from labctl.lab import parse_lab
 from labctl.progress import QuietReporter
+from labctl.transport import Result
 from tests.unit.test_kube_bootstrap import NODES, FakeExecutor, fail, ok
 
 LAB_KUBECONFIG = yaml.safe_dump({
@@ -99,6 +100,25 @@ def test_rke2_restore_with_two_servers_rejoins_the_second_after_the_first_is_bac
     ]
 
 
+def answering_master():
+    nodes = fleet()
+    nodes["kube-master"].rules.append((r"kubectl .* get nodes -o json$", Result(0, '{"items": []}', "")))
+    return nodes
+
+
+def test_kubeadm_restore_returns_once_the_api_answers_again(monkeypatch):
+    clock = [0.0]  # each poll's sleep moves the clock on: the 300 s pass at once
+    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    nodes = fleet()
+    with pytest.raises(WaitTimeout, match="within 300 s of the restore"):
+        ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "snap1", QuietReporter())
+    answering = answering_master()
+    ops.snapshot_restore(lab_with({"distro": "kubeadm"}), answering, "snap1", QuietReporter())
+    commands = [c for c, _, _ in answering["kube-master"].commands]
+    assert commands[-2:] == ["bash -s", "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json"]
+
+
 def test_kubeadm_restore_failure_raises():
     nodes = fleet()
     nodes["kube-master"].rules.append((r"bash -s", fail("no such snapshot")))
@@ -107,7 +127,7 @@ def test_kubeadm_restore_failure_raises():
 
 
 def test_kubeadm_restore_waits_for_etcd_to_stop_and_keeps_the_member():
-    nodes = fleet()
+    nodes = answering_master()
     ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "snap1", QuietReporter())
     (script,) = [stdin.decode() for command, _, stdin in nodes["kube-master"].commands if command == "bash -s"]
     lines = script.splitlines()
