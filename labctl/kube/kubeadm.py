@@ -188,8 +188,10 @@ def wait_endpoint(lab: Lab, executor: Executor, reporter: Reporter, *, timeout: 
     if remote.wait_until(lambda: control.try_json(executor, "get nodes") is not None, timeout=timeout, interval=5):
         return
     balancer = render.api_balancer(lab)
+    journal = executor.run("journalctl -u kubelet -n 40 --no-pager", sudo=True, check=False, timeout=60)
     raise WaitTimeout(
         f"the API server did not answer at {endpoint} within {timeout:.0f} s of {after}",
+        details=f"the kubelet's last lines on {control.node}:\n{(journal.stdout or journal.stderr).strip()}",
         resolution=(f"look at haproxy on {balancer.name} (systemctl status haproxy, /etc/haproxy/haproxy.cfg) "
                     "and the rancher node's firewall" if balancer is not None else
                     f"look at the kubelet and the static pods on {control.node} (journalctl -u kubelet)"),

@@ -111,8 +111,11 @@ def test_kubeadm_restore_returns_once_the_api_answers_again(monkeypatch):
     monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(remote.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
     nodes = fleet()
-    with pytest.raises(WaitTimeout, match="within 300 s of the restore"):
+    nodes["kube-master"].rules.append((r"^journalctl -u kubelet", Result(0, "static pod etcd failed to start: boom", "")))
+    with pytest.raises(WaitTimeout, match="within 300 s of the restore") as timeout:
         ops.snapshot_restore(lab_with({"distro": "kubeadm"}), nodes, "snap1", QuietReporter())
+    # The error carries the kubelet's own account of why nothing answers.
+    assert "kube-master:\nstatic pod etcd failed to start: boom" in timeout.value.details
     answering = answering_master()
     ops.snapshot_restore(lab_with({"distro": "kubeadm"}), answering, "snap1", QuietReporter())
     commands = [c for c, _, _ in answering["kube-master"].commands]
