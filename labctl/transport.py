@@ -36,6 +36,14 @@ class Result:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def bash_stdin_script(text: str) -> str:
+    """text made safe to feed to `bash -s`. bash reads a script on stdin as it runs it, so a command in it
+    that reads stdin (`ctr run`, `docker run -i`, a dpkg prompt) would swallow the rest, and the script would
+    end early with status 0. As one group, the script is parsed whole before it runs, its commands reading
+    /dev/null."""
+    return f"{{\n{text.rstrip(chr(10))}\n}} </dev/null\n"
+
+
 class Executor(Protocol):
     """Run commands on and move files to and from one node."""
 

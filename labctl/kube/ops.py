@@ -70,12 +70,19 @@ def _etcd_master(lab: Lab, executors: dict[str, Executor]) -> Executor:
     return executors[render.masters(lab)[0].name]
 
 
-def _kubeadm_etcdctl(args: str) -> str:
+def _crictl(lab: Lab) -> str:
+    """crictl at the kubelet's runtime: unconfigured, it tries containerd's socket first, which with
+    Docker is Docker's own containerd, without the CRI."""
+    socket = render.CRI_DOCKERD_SOCKET if lab.kubernetes.runtime == "docker" else render.CONTAINERD_SOCKET
+    return f"crictl --runtime-endpoint {socket}"
+
+
+def _kubeadm_etcdctl(lab: Lab, args: str) -> str:
     """etcdctl inside the etcd static pod's container, which has the tool and the certificates mounted."""
     certs = ("--cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/server.crt "
              "--key /etc/kubernetes/pki/etcd/server.key")
-    container = "$(crictl ps --name etcd -q | head -n1)"
-    return f"crictl exec {container} etcdctl --endpoints https://127.0.0.1:2379 {certs} {args}"
+    container = f"$({_crictl(lab)} ps --name etcd -q | head -n1)"
+    return f"{_crictl(lab)} exec {container} etcdctl --endpoints https://127.0.0.1:2379 {certs} {args}"
 
 
 def snapshot_save(lab: Lab, executors: dict[str, Executor], name: str) -> str:
@@ -90,7 +97,7 @@ def snapshot_save(lab: Lab, executors: dict[str, Executor], name: str) -> str:
     # /var/lib/etcd is the etcd pod's data hostPath, so a file written there lands on the node.
     executor = _etcd_master(lab, executors)
     sh(executor, f"mkdir -p {KUBEADM_SNAPSHOT_DIR}")
-    output = sh(executor, _kubeadm_etcdctl(f"snapshot save /var/lib/etcd/{name}.db"), timeout=1800).stdout
+    output = sh(executor, _kubeadm_etcdctl(lab, f"snapshot save /var/lib/etcd/{name}.db"), timeout=1800).stdout
     sh(executor, f"mv /var/lib/etcd/{name}.db {KUBEADM_SNAPSHOT_DIR}/{name}.db")
     return output
 
@@ -139,6 +146,10 @@ def snapshot_restore(lab: Lab, executors: dict[str, Executor], name: str, report
     # The restored member keeps the manifest's name and peer URL (etcdutl's defaults are default/localhost).
     restored = f"{KUBEADM_RESTORE_PREFIX}{name}"
     executor = executors[masters[0].name]
+    # The etcd image is where the runtime keeps it: Docker's store, or containerd's k8s.io namespace.
+    run_image = ('docker run --rm -v /var/lib:/var/lib "$image"' if lab.kubernetes.runtime == "docker" else
+                 'ctr -n k8s.io run --rm --mount type=bind,src=/var/lib,dst=/var/lib,options=rbind:rw "$image" '
+                 'labctl-etcd-restore')
     run_script(executor, f"""set -euo pipefail
 test -f {KUBEADM_SNAPSHOT_DIR}/{name}.db
 manifest=/etc/kubernetes/manifests/etcd.yaml
@@ -147,11 +158,11 @@ flag() {{ sed -n "s/^ *- --$1=//p" "$manifest" | head -n1; }}
 member=$(flag name) peer_urls=$(flag initial-advertise-peer-urls)
 mkdir -p {KUBEADM_STOPPED_MANIFESTS}
 mv /etc/kubernetes/manifests/*.yaml {KUBEADM_STOPPED_MANIFESTS}/
-running() {{ crictl ps --name etcd -q; crictl ps --name kube-apiserver -q; }}
+running() {{ {_crictl(lab)} ps --name etcd -q; {_crictl(lab)} ps --name kube-apiserver -q; }}
 for _ in $(seq 90); do [ -z "$(running)" ] && break; sleep 2; done
 if [ -n "$(running)" ]; then echo 'etcd and kube-apiserver still run 180 s after their manifests left' >&2; exit 1; fi
 rm -rf {restored}
-ctr -n k8s.io run --rm --mount type=bind,src=/var/lib,dst=/var/lib,options=rbind:rw "$image" labctl-etcd-restore \\
+{run_image} \\
   etcdutl snapshot restore {KUBEADM_SNAPSHOT_DIR}/{name}.db --data-dir {restored} \\
   --name "$member" --initial-cluster "$member=$peer_urls" --initial-advertise-peer-urls "$peer_urls"
 rm -rf {KUBEADM_BEFORE_RESTORE}

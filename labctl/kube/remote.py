@@ -9,7 +9,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from labctl.errors import CommandFailed
-from labctl.transport import Executor, Result
+from labctl.transport import Executor, Result, bash_stdin_script
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent.parent / "playbooks" / "kube"
 STAGE_DIR = "/var/lib/labctl/artifacts"
@@ -38,7 +38,7 @@ def sh(executor: Executor, command: str, *, sudo: bool = True, timeout: float | 
 
 def run_script(executor: Executor, text: str, *, timeout: float | None = 1800) -> Result:
     """Feed a bash script on stdin, so it needs no quoting and leaves no file behind."""
-    return sh(executor, "bash -s", stdin=text.encode(), timeout=timeout)
+    return sh(executor, "bash -s", stdin=bash_stdin_script(text).encode(), timeout=timeout)
 
 
 def succeeds(executor: Executor, command: str) -> bool:

@@ -21,7 +21,7 @@ from labctl.errors import LabctlError
 from labctl.parallel import in_parallel
 from labctl.progress import Reporter
 from labctl.provision.playbook import MARKER_DIR, RenderedStep
-from labctl.transport import Executor, Result, SSHUnreachable
+from labctl.transport import Executor, Result, SSHUnreachable, bash_stdin_script
 
 # apt and dpkg locks held by cloud-init or unattended upgrades pass; so does an SSH session cut
 # while sshd restarts. Anything else is a real failure and is not retried.
@@ -148,7 +148,7 @@ class NodeRun:
             if attempt_no > 1:
                 self.reporter.phase(self.node, step.name, f"retry {attempt_no}/{self.attempts}")
             try:
-                result = _attempt(self.executor, step_command(step), step.script.encode(), timeout)
+                result = _attempt(self.executor, step_command(step), bash_stdin_script(step.script).encode(), timeout)
             except TransientFailure as exc:
                 _log(log_path, attempt_no, exc.result, note=str(exc))
                 raise

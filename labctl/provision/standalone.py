@@ -13,6 +13,7 @@ import shlex
 from labctl.keys import LabKeys
 from labctl.lab import Lab, Node
 from labctl.provision.playbook import MARKER_DIR, Playbook, render_steps
+from labctl.transport import bash_stdin_script
 
 
 def _b64(text: str) -> str:
@@ -48,7 +49,7 @@ def standalone_script(playbook: Playbook, lab: Lab, node: Node, keys: LabKeys) -
             f"if [ \"$(cat {marker} 2>/dev/null)\" = {step.digest} ]; then echo 'step {step.name}: already done'; else",
             f"echo 'step {step.name}: running'",
             f"bash -s <<'{delimiter}'",
-            step.script.rstrip("\n"),
+            bash_stdin_script(step.script).rstrip("\n"),
             delimiter,
             f"mkdir -p {MARKER_DIR} && printf '%s' {step.digest} > {marker}",
             "fi",

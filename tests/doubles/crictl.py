@@ -59,6 +59,12 @@ def etcdctl(data_dir: str, argv: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     argv = ["--quiet" if arg == "-q" else arg for arg in argv]
+    if argv[:1] == ["--runtime-endpoint"] and len(argv) > 1:
+        endpoint, argv = argv[1], argv[2:]
+        path = Path(endpoint.removeprefix("unix://"))
+        if not path.is_socket():
+            die(TOOL, f'validate service connection: validate CRI v1 runtime API for endpoint "{endpoint}": '
+                      f'dial unix {path}: connect: no such file or directory')
     if argv[:1] == ["ps"]:
         flags, _ = parse_flags(argv[1:])
         record(TOOL, command="ps", flags=flags)

@@ -847,3 +847,19 @@ def test_cri_dockerd_double_exits_without_docker_or_a_passed_socket(tmp_path):
     plain = subprocess.run([sys.executable, "-I", str(binary), "--container-runtime-endpoint", "fd://"],
                            capture_output=True, text=True, env={"LABCTL_DOUBLES_LOG": str(tmp_path / "log")})
     assert plain.returncode == 1 and "no sockets passed by systemd" in plain.stderr
+
+
+def test_crictl_talks_only_to_a_runtime_socket_that_exists(tmp_path, capsys, monkeypatch):
+    from tests.doubles import crictl
+
+    monkeypatch.setattr(crictl, "STATIC_PODS", tmp_path / "static-pods.json")
+    with pytest.raises(SystemExit):
+        crictl.main(["--runtime-endpoint", f"unix://{tmp_path}/cri-dockerd.sock", "ps", "--name", "etcd", "-q"])
+    assert f"dial unix {tmp_path}/cri-dockerd.sock: connect: no such file or directory" in capsys.readouterr().err
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "cri-dockerd.sock"))
+    try:
+        crictl.main(["--runtime-endpoint", f"unix://{tmp_path}/cri-dockerd.sock", "ps", "--name", "etcd", "-q"])
+    finally:
+        listening.close()
+    assert capsys.readouterr() == ("", "")  # no kubelet double runs here, so no static pod either

@@ -59,7 +59,9 @@ def test_kubeconfig_before_up_says_so(tmp_path):
 @pytest.mark.parametrize("distro, node, pattern", [
     ("rke", "rancher-host", r"^cd /home/labctl/labctl-rke && rke etcd snapshot-save --name before-upgrade --config cluster.yml$"),
     ("rke2", "kube-master", r"^rke2 etcd-snapshot save --name before-upgrade$"),
-    ("kubeadm", "kube-master", r"etcdctl .* snapshot save /var/lib/etcd/before-upgrade.db$"),
+    ("kubeadm", "kube-master", r"^crictl --runtime-endpoint unix:///run/containerd/containerd.sock exec "
+                               r"\$\(crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps --name etcd -q"
+                               r".* etcdctl .* snapshot save /var/lib/etcd/before-upgrade.db$"),
 ])
 def test_snapshot_save_per_distro(distro, node, pattern):
     nodes = fleet()
@@ -140,12 +142,13 @@ def test_kubeadm_restore_waits_for_etcd_to_stop_and_keeps_the_member():
     swapped = lines.index("mv /var/lib/etcd /var/lib/etcd.before-restore")
     # A kubelet restart keeps running containers: etcd is gone before its data dir moves.
     assert moved < waited < restored < swapped
-    assert "crictl ps --name etcd -q; crictl ps --name kube-apiserver -q" in script
+    crictl = "crictl --runtime-endpoint unix:///run/containerd/containerd.sock"
+    assert f"{crictl} ps --name etcd -q; {crictl} ps --name kube-apiserver -q" in script
     assert lines[restored + 1].strip() == ("etcdutl snapshot restore /var/lib/labctl/etcd-snapshots/snap1.db "
                                            "--data-dir /var/lib/etcd-restore-snap1 \\")
     # Without these, etcdutl names the member `default` on http://localhost:2380.
     assert '--name "$member" --initial-cluster "$member=$peer_urls" --initial-advertise-peer-urls "$peer_urls"' in script
-    assert lines[-1] == "systemctl restart kubelet"
+    assert lines[-2] == "systemctl restart kubelet"
 
 
 def test_reset_kubeadm_and_rancher(tmp_path):
@@ -195,3 +198,16 @@ def test_reset_rke_runs_rke_remove(tmp_path):
 def test_distro_none_has_nothing_to_reset(tmp_path):
     with pytest.raises(InvalidInput, match="no Kubernetes"):
         ops.reset_kubernetes(lab_with({"distro": "none"}), fleet(), tmp_path, QuietReporter())
+
+
+def test_kubeadm_on_docker_saves_and_restores_through_cri_dockerd_and_dockers_image_store():
+    lab = lab_with({"distro": "kubeadm", "runtime": "docker"})
+    nodes = answering_master()
+    ops.snapshot_save(lab, nodes, "snap1")
+    ops.snapshot_restore(lab, nodes, "snap1", QuietReporter())
+    assert nodes["kube-master"].ran(r"^crictl --runtime-endpoint unix:///var/run/cri-dockerd.sock exec ")
+    (script,) = [stdin.decode() for command, _, stdin in nodes["kube-master"].commands if command == "bash -s"]
+    # `docker load` put the etcd image in Docker's store, where ctr does not look.
+    assert 'docker run --rm -v /var/lib:/var/lib "$image" \\\n  etcdutl snapshot restore' in script
+    assert "ctr " not in script
+    assert "crictl --runtime-endpoint unix:///var/run/cri-dockerd.sock ps --name etcd -q" in script
