@@ -73,8 +73,7 @@ def _etcd_master(lab: Lab, executors: dict[str, Executor]) -> Executor:
 def _crictl(lab: Lab) -> str:
     """crictl at the kubelet's runtime: unconfigured, it tries containerd's socket first, which with
     Docker is Docker's own containerd, without the CRI."""
-    socket = render.CRI_DOCKERD_SOCKET if lab.kubernetes.runtime == "docker" else render.CONTAINERD_SOCKET
-    return f"crictl --runtime-endpoint {socket}"
+    return f"crictl --runtime-endpoint {render.cri_socket(lab.kubernetes)}"
 
 
 def _kubeadm_etcdctl(lab: Lab, args: str) -> str:
@@ -180,9 +179,8 @@ def reset_kubernetes(lab: Lab, executors: dict[str, Executor], state_dir: Path, 
     kube = lab.kubernetes
     cluster_nodes = [n for n in lab.nodes if n.name in cluster.cluster_node_names(lab)]
     if kube.distro == "kubeadm":
-        socket = render.CRI_DOCKERD_SOCKET if kube.runtime == "docker" else render.CONTAINERD_SOCKET
         # kubeadm reset empties /var/lib/etcd only; an earlier restore's copies hold the old cluster's data.
-        command = (f"if command -v kubeadm >/dev/null; then kubeadm reset -f --cri-socket {socket}; fi; "
+        command = (f"if command -v kubeadm >/dev/null; then kubeadm reset -f --cri-socket {render.cri_socket(kube)}; fi; "
                    "rm -rf /etc/cni/net.d /etc/labctl/kubeadm*.yaml /etc/labctl/cni.yaml "
                    f"{KUBEADM_BEFORE_RESTORE} {KUBEADM_STOPPED_MANIFESTS} {KUBEADM_RESTORE_PREFIX}*")
         in_parallel(cluster_nodes, lambda n: sh(executors[n.name], command, timeout=900), "kubeadm reset")

@@ -79,7 +79,8 @@ def _args(kube: KubernetesConfig, args: dict[str, str]) -> Any:
     return dict(args)
 
 
-def _cri_socket(kube: KubernetesConfig) -> str:
+def cri_socket(kube: KubernetesConfig) -> str:
+    """The CRI socket kubeadm and the kubelet use: cri-dockerd's on runtime docker, else containerd's."""
     return CRI_DOCKERD_SOCKET if kube.runtime == "docker" else CONTAINERD_SOCKET
 
 
@@ -91,7 +92,7 @@ def dedicated_master(lab: Lab, node: Node) -> bool:
 
 def _node_registration(lab: Lab, node: Node, *, control_plane: bool) -> dict[str, Any]:
     registration: dict[str, Any] = {
-        "criSocket": _cri_socket(lab.kubernetes),
+        "criSocket": cri_socket(lab.kubernetes),
         "imagePullPolicy": "IfNotPresent",
         "name": node.name,
         "kubeletExtraArgs": _args(lab.kubernetes, {"node-ip": str(node.ip)}),
